@@ -1,0 +1,89 @@
+"""The run configuration: one frozen dataclass, serialized as ``config.json``."""
+
+import dataclasses
+import json
+import math
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """Everything that defines a run. Defaults are the reference BatchNorm-MLP run."""
+  experiment: str = 'train'
+  # Data.
+  dataset: str = 'synthetic_fruits'
+  data_dir: str | None = None
+  # Model.
+  hidden: tuple[int, ...] = (256, 256)
+  activation: str = 'relu'
+  init: str = 'kaiming'
+  output_init: str = 'same'
+  output_scale: float = 0.1
+  batchnorm: bool = True
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+  # Optimization.
+  lr: float = 0.05
+  momentum: float = 0.9
+  schedule: str = 'cosine'
+  warmup_steps: int = 0
+  steps: int = 1500
+  batch_size: int = 128
+  # Bookkeeping.
+  log_every: int = 100
+  eval_every: int = 500
+  seed: int = 0
+  workdir: str = ''
+
+  def __post_init__(self):
+    object.__setattr__(self, 'hidden', tuple(int(w) for w in self.hidden))
+    validate(self)
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  def to_json(self) -> str:
+    return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+  @classmethod
+  def from_dict(cls, values: dict[str, Any]) -> 'Config':
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+      raise ValueError(f'Unknown config keys {unknown}; valid: {sorted(known)}')
+    return cls(**values)
+
+  @classmethod
+  def from_json(cls, text: str) -> 'Config':
+    return cls.from_dict(json.loads(text))
+
+
+def validate(config: Config):
+  """Raises ValueError naming the first invalid setting and what would be valid."""
+  # Imported here so that building a Config stays cheap for callers that only parse.
+  from fundamentals import activations, initializers, schedules  # pylint: disable=g-import-not-at-top
+  activations.get_activation(config.activation)
+  initializers.get_initializer(config.init, activation=config.activation)
+  if config.output_init != 'same':
+    initializers.get_initializer(config.output_init)
+  if config.schedule not in schedules.SCHEDULES:
+    raise ValueError(f'Unknown schedule {config.schedule!r}; valid: '
+                     f'{sorted(schedules.SCHEDULES)}')
+  if not config.hidden or any(w < 1 for w in config.hidden):
+    raise ValueError(f'hidden={config.hidden} must be one or more positive widths')
+  for name in ('steps', 'batch_size', 'log_every', 'eval_every'):
+    if getattr(config, name) < 1:
+      raise ValueError(f'{name}={getattr(config, name)} must be positive')
+  if not (math.isfinite(config.lr) and config.lr > 0):
+    raise ValueError(f'lr={config.lr} must be a positive finite number')
+  if not (math.isfinite(config.output_scale) and config.output_scale >= 0):
+    raise ValueError(f'output_scale={config.output_scale} must be finite and >= 0')
+  if not 0 <= config.momentum < 1:
+    raise ValueError(f'momentum={config.momentum} must be in [0, 1)')
+  if not 0 <= config.bn_momentum < 1:
+    raise ValueError(f'bn_momentum={config.bn_momentum} must be in [0, 1)')
+  if not config.bn_epsilon > 0:
+    raise ValueError(f'bn_epsilon={config.bn_epsilon} must be positive')
+  if not 0 <= config.warmup_steps < config.steps:
+    raise ValueError(f'warmup_steps={config.warmup_steps} must be in [0, '
+                     f'steps={config.steps})')

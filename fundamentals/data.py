@@ -1,0 +1,149 @@
+"""Datasets as in-memory uint8 arrays, read through tensorflow-datasets.
+
+TFDS prepares and reads the data (TensorFlow is imported only here, CPU-only, and only
+when a split must be decoded); the decoded splits are cached as one ``.npz`` beside the
+prepared data so later runs skip TensorFlow entirely. Images stay uint8 in memory;
+batches are gathered and normalized on device by :func:`normalize`.
+"""
+
+import dataclasses
+import os
+import pathlib
+import tempfile
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+BUILTIN = 'synthetic_fruits'
+_CACHE_NAME = 'fundamentals_arrays.npz'
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  """Train and test splits held in memory.
+
+  Attributes:
+    train_images, test_images: uint8 ``[N, H, W, C]``.
+    train_labels, test_labels: int32 ``[N]``.
+    class_names: one name per label.
+    mean, std: per-channel statistics of the *training* images scaled to [0, 1].
+  """
+  name: str
+  train_images: np.ndarray
+  train_labels: np.ndarray
+  test_images: np.ndarray
+  test_labels: np.ndarray
+  class_names: tuple[str, ...]
+  mean: np.ndarray
+  std: np.ndarray
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
+
+  @property
+  def num_features(self) -> int:
+    return int(np.prod(self.train_images.shape[1:]))
+
+
+def channel_stats(images: np.ndarray, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+  """Per-channel mean and std of uint8 images scaled to [0, 1], in float64 chunks."""
+  if len(images) == 0:
+    raise ValueError('cannot compute statistics of an empty split')
+  total = np.zeros(images.shape[-1])
+  total_sq = np.zeros(images.shape[-1])
+  for start in range(0, len(images), chunk):
+    x = images[start:start + chunk].astype(np.float64) / 255.0
+    total += x.sum(axis=tuple(range(x.ndim - 1)))
+    total_sq += (x ** 2).sum(axis=tuple(range(x.ndim - 1)))
+  count = images.size / images.shape[-1]
+  mean = total / count
+  std = np.sqrt(np.maximum(total_sq / count - mean ** 2, 1e-12))
+  return mean.astype(np.float32), std.astype(np.float32)
+
+
+def normalize(images: jax.Array, mean: jax.Array, std: jax.Array) -> jax.Array:
+  """x = (image/255 − μ_c)/σ_c per channel, flattened to ``[B, H·W·C]`` float32."""
+  x = (images.astype(jnp.float32) / 255.0 - mean) / std
+  return x.reshape(x.shape[0], -1)
+
+
+def _tensorflow_on_cpu_only():
+  """Imports TensorFlow with every GPU hidden, so it never claims accelerator memory."""
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], 'GPU')
+  return tf
+
+
+def _builder(name: str, data_dir):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  if name.split('/')[0] == BUILTIN:
+    from fundamentals import synthetic_fruits  # pylint: disable=unused-import,g-import-not-at-top
+  try:
+    return tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise ValueError(f'Unknown dataset {name!r}: {str(e).splitlines()[0]}') from None
+
+
+def _prepare(builder, name: str):
+  """Prepares the built-in dataset offline; refuses to download anything else."""
+  if builder.is_prepared():
+    return
+  if name.split('/')[0] != BUILTIN:
+    raise FileNotFoundError(
+        f'Dataset {name!r} is not prepared under {builder.data_dir_root} and this '
+        f'machine will not download it. Prepare it where there is network with '
+        f'`tfds build {name} --data_dir=DIR` and pass --data_dir=DIR.')
+  logging.info('Preparing %s under %s (once)...', name, builder.data_dir)
+  _tensorflow_on_cpu_only()
+  builder.download_and_prepare()
+
+
+def _decode(builder) -> dict[str, np.ndarray]:
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  _tensorflow_on_cpu_only()
+  arrays = {}
+  for split in ('train', 'test'):
+    if split not in builder.info.splits:
+      raise ValueError(f'{builder.name} has no {split!r} split; it has '
+                       f'{sorted(builder.info.splits)}')
+    images, labels = tfds.as_numpy(builder.as_dataset(
+        split=split, batch_size=-1, as_supervised=True))
+    arrays[f'{split}_images'] = images.astype(np.uint8)
+    arrays[f'{split}_labels'] = labels.astype(np.int32)
+  return arrays
+
+
+def _save_atomically(path: pathlib.Path, arrays: dict[str, np.ndarray]):
+  with tempfile.NamedTemporaryFile(dir=path.parent, suffix='.npz', delete=False) as f:
+    np.savez(f, **arrays)
+  os.replace(f.name, path)
+
+
+def load(name: str = BUILTIN, *, data_dir: str | None = None) -> Dataset:
+  """Loads ``name`` (a TFDS dataset, ``config`` optional) into memory as uint8.
+
+  Args:
+    name: ``'synthetic_fruits'`` (built-in, prepared offline on first use),
+      ``'synthetic_fruits/small'``, or a prepared TFDS catalog dataset.
+    data_dir: TFDS data directory (default: TFDS's, ``$TFDS_DATA_DIR`` or
+      ``~/tensorflow_datasets``).
+  """
+  builder = _builder(name, data_dir)
+  _prepare(builder, name)
+  cache = pathlib.Path(builder.data_dir) / _CACHE_NAME
+  if cache.exists():
+    with np.load(cache) as f:
+      arrays = {k: f[k] for k in f.files}
+  else:
+    arrays = _decode(builder)
+    _save_atomically(cache, arrays)
+  if arrays['train_images'].ndim != 4:
+    raise ValueError(f'{name} images have shape {arrays["train_images"].shape[1:]}; '
+                     'expected [height, width, channels]')
+  mean, std = channel_stats(arrays['train_images'])
+  return Dataset(name=name, class_names=tuple(builder.info.features['label'].names),
+                 mean=mean, std=std, **arrays)

@@ -1,0 +1,54 @@
+"""The files of a run directory: config.json, metrics.jsonl, summary.json."""
+
+import json
+import math
+import os
+import pathlib
+import tempfile
+from typing import Any
+
+
+def _jsonable(value: Any) -> Any:
+  """JSON has no NaN/Infinity: non-finite floats become strings ('nan', 'inf')."""
+  if isinstance(value, float) and not math.isfinite(value):
+    return str(value)
+  if isinstance(value, dict):
+    return {k: _jsonable(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_jsonable(v) for v in value]
+  return value
+
+
+def create(path: str | os.PathLike, *, overwrite: bool = False) -> pathlib.Path:
+  """Creates the run directory; refuses to reuse one that holds a run unless told to."""
+  path = pathlib.Path(path)
+  if path.exists() and not path.is_dir():
+    raise FileExistsError(f'--workdir={path} exists and is not a directory')
+  if (path / 'config.json').exists() and not overwrite:
+    raise FileExistsError(
+        f'--workdir={path} already holds a run; choose another --workdir '
+        '(or pass --overwrite to replace it)')
+  path.mkdir(parents=True, exist_ok=True)
+  if overwrite:
+    (path / 'metrics.jsonl').unlink(missing_ok=True)
+  return path
+
+
+def write_json(path: pathlib.Path, value: Any):
+  """Writes ``value`` as JSON atomically (a temporary file renamed into place)."""
+  with tempfile.NamedTemporaryFile('w', dir=path.parent, suffix='.tmp',
+                                   delete=False) as f:
+    json.dump(_jsonable(value), f, indent=2, sort_keys=True)
+    f.write('\n')
+  os.replace(f.name, path)
+
+
+def append_jsonl(path: pathlib.Path, record: dict[str, Any]):
+  """Appends one JSON record as a line."""
+  with open(path, 'a') as f:
+    f.write(json.dumps(_jsonable(record), sort_keys=True) + '\n')
+
+
+def read_jsonl(path: pathlib.Path) -> list[dict[str, Any]]:
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]

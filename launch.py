@@ -1,0 +1,107 @@
+"""Runs one experiment: ``python launch.py --flags`` (``--helpfull`` lists them all).
+
+Examples:
+  python launch.py                                   # the reference BN-MLP run
+  python launch.py --init=normal --activation=tanh --batchnorm=false
+  python launch.py --experiment=list
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+
+import experiments
+from fundamentals import activations
+from fundamentals import initializers
+from fundamentals import schedules
+from fundamentals.config import Config
+
+_D = Config()  # Defaults live in one place: the Config dataclass.
+
+flags.DEFINE_string('experiment', _D.experiment,
+                    'Experiment to run; "list" prints them all.')
+flags.DEFINE_string('dataset', _D.dataset,
+                    'TFDS dataset name[/config]: the built-in "synthetic_fruits" '
+                    '(offline), "synthetic_fruits/small", or a prepared TFDS dataset.')
+flags.DEFINE_string('data_dir', _D.data_dir,
+                    'TFDS data directory (default: $TFDS_DATA_DIR or '
+                    '~/tensorflow_datasets).')
+flags.DEFINE_list('hidden', [str(w) for w in _D.hidden],
+                  'Comma-separated hidden-layer widths, e.g. 512,512,512.')
+flags.DEFINE_enum('activation', _D.activation, sorted(activations.ACTIVATIONS),
+                  'Hidden-layer activation.')
+flags.DEFINE_enum('init', _D.init, initializers.names(),
+                  'Hidden-kernel initializer (Kaiming takes the activation gain).')
+flags.DEFINE_enum('output_init', _D.output_init, ['same', *initializers.names()],
+                  'Output-kernel initializer; "same" = --init with linear gain.')
+flags.DEFINE_float('output_scale', _D.output_scale,
+                   'Factor on the output kernel at init (0.01-0.1 keeps the initial '
+                   'loss near ln N; 1 shows overconfident logits).')
+flags.DEFINE_boolean('batchnorm', _D.batchnorm,
+                     'BatchNorm after each hidden Dense (which then has no bias).')
+flags.DEFINE_float('bn_momentum', _D.bn_momentum,
+                   'alpha of the BN running averages mu <- alpha*mu + (1-alpha)*mu_B.')
+flags.DEFINE_float('bn_epsilon', _D.bn_epsilon, 'epsilon added to the BN variance.')
+flags.DEFINE_float('lr', _D.lr, 'Peak learning rate.')
+flags.DEFINE_float('momentum', _D.momentum, 'SGD momentum (0 for plain SGD).')
+flags.DEFINE_enum('schedule', _D.schedule, sorted(schedules.SCHEDULES),
+                  'Learning-rate schedule.')
+flags.DEFINE_integer('warmup_steps', _D.warmup_steps, 'Linear warmup steps.')
+flags.DEFINE_integer('steps', _D.steps, 'Training steps.')
+flags.DEFINE_integer('batch_size', _D.batch_size, 'Training batch size.')
+flags.DEFINE_integer('log_every', _D.log_every, 'Steps between metrics records.')
+flags.DEFINE_integer('eval_every', _D.eval_every, 'Steps between test evaluations.')
+flags.DEFINE_integer('seed', _D.seed, 'Random seed (init and shuffling).')
+flags.DEFINE_string('workdir', _D.workdir,
+                    'Run directory (default: runs/<timestamp>-<experiment>).')
+flags.DEFINE_boolean('overwrite', False, 'Replace a run already in --workdir.')
+
+FLAGS = flags.FLAGS
+
+
+@flags.validator('experiment')
+def _valid_experiment(name):
+  if name != 'list' and name not in experiments.EXPERIMENTS:
+    raise flags.ValidationError(
+        f'unknown experiment {name!r}; valid: list, {", ".join(sorted(experiments.EXPERIMENTS))}')
+  return True
+
+
+@flags.validator('hidden')
+def _valid_hidden(widths):
+  if not widths or not all(w.isdigit() and int(w) > 0 for w in widths):
+    raise flags.ValidationError(
+        f'--hidden={",".join(widths)} must be comma-separated positive integers, '
+        'e.g. 512,512,512')
+  return True
+
+
+def config_from_flags() -> Config:
+  """The one place flags become a Config; invalid combinations raise ValueError."""
+  return Config(
+      experiment=FLAGS.experiment, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
+      hidden=tuple(int(w) for w in FLAGS.hidden), activation=FLAGS.activation,
+      init=FLAGS.init, output_init=FLAGS.output_init, output_scale=FLAGS.output_scale,
+      batchnorm=FLAGS.batchnorm, bn_momentum=FLAGS.bn_momentum,
+      bn_epsilon=FLAGS.bn_epsilon, lr=FLAGS.lr, momentum=FLAGS.momentum,
+      schedule=FLAGS.schedule, warmup_steps=FLAGS.warmup_steps, steps=FLAGS.steps,
+      batch_size=FLAGS.batch_size, log_every=FLAGS.log_every,
+      eval_every=FLAGS.eval_every, seed=FLAGS.seed, workdir=FLAGS.workdir)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments {argv[1:]}')
+  if FLAGS.experiment == 'list':
+    print(experiments.describe())
+    return
+  try:
+    config = config_from_flags()
+  except ValueError as e:
+    sys.exit(f'launch.py: invalid flags: {e}')
+  experiments.get_experiment(config.experiment)(config, overwrite=FLAGS.overwrite)
+
+
+if __name__ == '__main__':
+  app.run(main)
