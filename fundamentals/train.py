@@ -83,15 +83,21 @@ def apply_model(graph: nnx.GraphDef, params, batch_stats, x):
 
 
 def make_train_step(graphs: Graphs, tx: optax.GradientTransformation, *,
-                    batch_size: int) -> Callable:
+                    batch_size: int, augment: Callable | None = None,
+                    augment_key: jax.Array | None = None) -> Callable:
   """Returns ``train_step(state, images, labels, perm, position, mean, std)``.
 
   The batch is ``perm[position·B : (position+1)·B]`` of the on-device dataset.
+  ``augment(key, images) -> images`` (uint8 in, uint8 out), if given, transforms the
+  training batch only, with key ``fold_in(augment_key, step)``.
   """
 
   def train_step(state: TrainState, images, labels, perm, position, mean, std):
     idx = jax.lax.dynamic_slice_in_dim(perm, position * batch_size, batch_size)
-    x = data_lib.normalize(images[idx], mean, std)
+    batch = images[idx]
+    if augment is not None:
+      batch = augment(jax.random.fold_in(augment_key, state.step), batch)
+    x = data_lib.normalize(batch, mean, std)
     y = labels[idx]
 
     def loss_fn(params):
