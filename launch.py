@@ -13,6 +13,7 @@ from absl import flags
 
 import experiments
 from fundamentals import activations
+from fundamentals import augment
 from fundamentals import initializers
 from fundamentals import schedules
 from fundamentals.config import Config
@@ -27,6 +28,14 @@ flags.DEFINE_string('dataset', _D.dataset,
 flags.DEFINE_string('data_dir', _D.data_dir,
                     'TFDS data directory (default: $TFDS_DATA_DIR or '
                     '~/tensorflow_datasets).')
+flags.DEFINE_float('validation_fraction', _D.validation_fraction,
+                   'Share of each training class held out as validation when the '
+                   'dataset has no validation split.')
+flags.DEFINE_integer('image_size', _D.image_size,
+                     'Side length image folders are resized to.')
+flags.DEFINE_list('augment', list(_D.augment),
+                  'Training-batch augmentations, comma-separated, from: '
+                  + ','.join(augment.AUGMENTATIONS) + ' (empty: none).')
 flags.DEFINE_list('hidden', [str(w) for w in _D.hidden],
                   'Comma-separated hidden-layer widths, e.g. 512,512,512.')
 flags.DEFINE_enum('activation', _D.activation, sorted(activations.ACTIVATIONS),
@@ -77,10 +86,21 @@ def _valid_hidden(widths):
   return True
 
 
+@flags.validator('augment')
+def _valid_augment(names):
+  unknown = [n for n in names if n not in augment.AUGMENTATIONS]
+  if unknown:
+    raise flags.ValidationError(
+        f'unknown augmentation(s) {unknown}; valid: {",".join(augment.AUGMENTATIONS)}')
+  return True
+
+
 def config_from_flags() -> Config:
   """The one place flags become a Config; invalid combinations raise ValueError."""
   return Config(
       experiment=FLAGS.experiment, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
+      validation_fraction=FLAGS.validation_fraction, image_size=FLAGS.image_size,
+      augment=tuple(FLAGS.augment),
       hidden=tuple(int(w) for w in FLAGS.hidden), activation=FLAGS.activation,
       init=FLAGS.init, output_init=FLAGS.output_init, output_scale=FLAGS.output_scale,
       batchnorm=FLAGS.batchnorm, bn_momentum=FLAGS.bn_momentum,

@@ -13,6 +13,9 @@ class Config:
   # Data.
   dataset: str = 'synthetic_fruits'
   data_dir: str | None = None
+  validation_fraction: float = 0.0
+  image_size: int = 64
+  augment: tuple[str, ...] = ()
   # Model.
   hidden: tuple[int, ...] = (256, 256)
   activation: str = 'relu'
@@ -37,6 +40,7 @@ class Config:
 
   def __post_init__(self):
     object.__setattr__(self, 'hidden', tuple(int(w) for w in self.hidden))
+    object.__setattr__(self, 'augment', tuple(self.augment))
     validate(self)
 
   def to_dict(self) -> dict[str, Any]:
@@ -61,7 +65,13 @@ class Config:
 def validate(config: Config):
   """Raises ValueError naming the first invalid setting and what would be valid."""
   # Imported here so that building a Config stays cheap for callers that only parse.
-  from fundamentals import activations, initializers, schedules  # pylint: disable=g-import-not-at-top
+  from fundamentals import activations, augment, initializers, schedules  # pylint: disable=g-import-not-at-top
+  augment.validate(config.augment)
+  if not 0 <= config.validation_fraction < 1:
+    raise ValueError(f'validation_fraction={config.validation_fraction} must be in '
+                     '[0, 1)')
+  if config.image_size < 1:
+    raise ValueError(f'image_size={config.image_size} must be positive')
   activations.get_activation(config.activation)
   initializers.get_initializer(config.init, activation=config.activation)
   if config.output_init != 'same':

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 BUILTIN = 'synthetic_fruits'
+IMAGE_FOLDER = 'image_folder'
 _CACHE_NAME = 'fundamentals_arrays.npz'
 
 
@@ -25,10 +26,12 @@ class Dataset:
   """Train and test splits held in memory.
 
   Attributes:
-    train_images, test_images: uint8 ``[N, H, W, C]``.
-    train_labels, test_labels: int32 ``[N]``.
+    train_images, validation_images, test_images: uint8 ``[N, H, W, C]``; the
+      validation split may be empty (N = 0).
+    train_labels, validation_labels, test_labels: int32 ``[N]``.
     class_names: one name per label.
-    mean, std: per-channel statistics of the *training* images scaled to [0, 1].
+    mean, std: per-channel statistics of the *training* images scaled to [0, 1]
+      (never of validation or test, never of augmented images).
   """
   name: str
   train_images: np.ndarray
@@ -38,6 +41,13 @@ class Dataset:
   class_names: tuple[str, ...]
   mean: np.ndarray
   std: np.ndarray
+  validation_images: np.ndarray | None = None
+  validation_labels: np.ndarray | None = None
+
+  def __post_init__(self):
+    if self.validation_images is None:
+      object.__setattr__(self, 'validation_images', self.train_images[:0])
+      object.__setattr__(self, 'validation_labels', self.train_labels[:0])
 
   @property
   def num_classes(self) -> int:
@@ -123,15 +133,30 @@ def _save_atomically(path: pathlib.Path, arrays: dict[str, np.ndarray]):
   os.replace(f.name, path)
 
 
-def load(name: str = BUILTIN, *, data_dir: str | None = None) -> Dataset:
-  """Loads ``name`` (a TFDS dataset, ``config`` optional) into memory as uint8.
+def split_validation(images: np.ndarray, labels: np.ndarray, fraction: float, *,
+                     seed: int = 0):
+  """Carves a stratified validation split: ``round(fraction·n_c)`` of each class c.
 
-  Args:
-    name: ``'synthetic_fruits'`` (built-in, prepared offline on first use),
-      ``'synthetic_fruits/small'``, or a prepared TFDS catalog dataset.
-    data_dir: TFDS data directory (default: TFDS's, ``$TFDS_DATA_DIR`` or
-      ``~/tensorflow_datasets``).
+  Deterministic for a given ``seed`` (independent of the training seed), so model
+  selection on validation never looks at test. Returns (train, validation) pairs.
   """
+  if not 0 <= fraction < 1:
+    raise ValueError(f'validation_fraction={fraction} must be in [0, 1)')
+  rng = np.random.default_rng(seed)
+  held_out = []
+  for label in np.unique(labels):
+    members = np.flatnonzero(labels == label)
+    count = int(round(fraction * len(members)))
+    if count >= len(members):
+      raise ValueError(f'validation_fraction={fraction} leaves no training example '
+                       f'of class {label}')
+    held_out.extend(rng.permutation(members)[:count])
+  mask = np.zeros(len(labels), bool)
+  mask[np.asarray(held_out, int)] = True
+  return (images[~mask], labels[~mask]), (images[mask], labels[mask])
+
+
+def _load_tfds(name: str, data_dir: str | None):
   builder = _builder(name, data_dir)
   _prepare(builder, name)
   cache = pathlib.Path(builder.data_dir) / _CACHE_NAME
@@ -141,9 +166,37 @@ def load(name: str = BUILTIN, *, data_dir: str | None = None) -> Dataset:
   else:
     arrays = _decode(builder)
     _save_atomically(cache, arrays)
+  return tuple(builder.info.features['label'].names), arrays
+
+
+def load(name: str = BUILTIN, *, data_dir: str | None = None,
+         validation_fraction: float = 0.0, image_size: int = 64) -> Dataset:
+  """Loads ``name`` into memory as uint8 arrays.
+
+  Args:
+    name: ``'synthetic_fruits'`` (built-in, prepared offline on first use),
+      ``'synthetic_fruits/small'``, ``'image_folder'`` (``data_dir`` is then the
+      folder, see ``fundamentals.image_folder``), or a prepared TFDS catalog dataset.
+    data_dir: TFDS data directory (default: TFDS's, ``$TFDS_DATA_DIR`` or
+      ``~/tensorflow_datasets``), or the image folder.
+    validation_fraction: share of each training class held out as validation when
+      the source has no validation split.
+    image_size: side length image folders are resized to.
+  """
+  if name == IMAGE_FOLDER:
+    if not data_dir:
+      raise ValueError('--dataset=image_folder needs --data_dir=<folder with train/ '
+                       'and test/>')
+    from fundamentals import image_folder  # pylint: disable=g-import-not-at-top
+    class_names, arrays = image_folder.load(data_dir, image_size=image_size)
+  else:
+    class_names, arrays = _load_tfds(name, data_dir)
   if arrays['train_images'].ndim != 4:
     raise ValueError(f'{name} images have shape {arrays["train_images"].shape[1:]}; '
                      'expected [height, width, channels]')
+  if 'validation_images' not in arrays and validation_fraction > 0:
+    (arrays['train_images'], arrays['train_labels']), (
+        arrays['validation_images'], arrays['validation_labels']) = split_validation(
+            arrays['train_images'], arrays['train_labels'], validation_fraction)
   mean, std = channel_stats(arrays['train_images'])
-  return Dataset(name=name, class_names=tuple(builder.info.features['label'].names),
-                 mean=mean, std=std, **arrays)
+  return Dataset(name=name, class_names=class_names, mean=mean, std=std, **arrays)

@@ -20,6 +20,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from fundamentals import augment as augment_lib
 from fundamentals import data as data_lib
 from fundamentals import losses
 from fundamentals import models
@@ -182,19 +183,26 @@ def train(config: Config, *, dataset: data_lib.Dataset | None = None,
   workdir = rundir.create(config.workdir or default_workdir(config), overwrite=overwrite)
   rundir.write_json(workdir / 'config.json', config.to_dict())
   if dataset is None:
-    dataset = data_lib.load(config.dataset, data_dir=config.data_dir)
+    dataset = data_lib.load(config.dataset, data_dir=config.data_dir,
+                            validation_fraction=config.validation_fraction,
+                            image_size=config.image_size)
   num_train = len(dataset.train_labels)
   if config.batch_size > num_train:
     raise ValueError(f'batch_size={config.batch_size} exceeds the {num_train} '
                      f'training examples of {dataset.name}')
   steps_per_epoch = num_train // config.batch_size
 
-  init_key, shuffle_key = jax.random.split(jax.random.key(config.seed))
+  init_key, shuffle_key, augment_key = jax.random.split(jax.random.key(config.seed), 3)
   model = create_model(config, dataset, init_key)
   tx, schedule = create_optimizer(config)
   graphs, state = split_model(model, tx)
   num_params = models.count_params(state.params)
-  train_step = make_train_step(graphs, tx, batch_size=config.batch_size)
+  train_step = make_train_step(graphs, tx, batch_size=config.batch_size,
+                               augment=augment_lib.make_augment(config.augment),
+                               augment_key=augment_key)
+  if config.augment:
+    augment_lib.save_preview(workdir / 'augment_preview.png', dataset.train_images[:6],
+                             config.augment, seed=config.seed)
   eval_step = make_eval_step(graphs)
 
   expected = losses.expected_initial_loss(dataset.num_classes)
@@ -233,9 +241,11 @@ def train(config: Config, *, dataset: data_lib.Dataset | None = None,
     if not math.isfinite(record['train_loss']):
       status, diverged_at = 'diverged', done
     elif done % config.eval_every == 0 or done == config.steps:
-      test = evaluate(eval_step, state, dataset.test_images, dataset.test_labels,
-                      mean, std)
-      record.update(test_loss=test['loss'], test_accuracy=test['accuracy'])
+      for split in _eval_splits(dataset):
+        result = evaluate(eval_step, state, getattr(dataset, f'{split}_images'),
+                          getattr(dataset, f'{split}_labels'), mean, std)
+        record.update({f'{split}_loss': result['loss'],
+                       f'{split}_accuracy': result['accuracy']})
     rundir.append_jsonl(workdir / 'metrics.jsonl', record)
     echo(_progress_line(record, config.steps))
     if status == 'diverged':
@@ -251,10 +261,9 @@ def train(config: Config, *, dataset: data_lib.Dataset | None = None,
       'steps': int(state.step),
   }
   if status == 'completed':
-    for split, images_, labels_ in (
-        ('train', dataset.train_images, dataset.train_labels),
-        ('test', dataset.test_images, dataset.test_labels)):
-      result = evaluate(eval_step, state, images_, labels_, mean, std)
+    for split in ('train', *_eval_splits(dataset)):
+      result = evaluate(eval_step, state, getattr(dataset, f'{split}_images'),
+                        getattr(dataset, f'{split}_labels'), mean, std)
       summary[f'final_{split}_loss'] = result['loss']
       summary[f'final_{split}_accuracy'] = result['accuracy']
     echo(f'final: train loss {summary["final_train_loss"]:.4f} acc '
@@ -266,6 +275,11 @@ def train(config: Config, *, dataset: data_lib.Dataset | None = None,
   echo(f'wrote {workdir}/ (config.json, metrics.jsonl, summary.json) in '
        f'{summary["wall_time_s"]:.1f}s')
   return summary
+
+
+def _eval_splits(dataset: data_lib.Dataset) -> tuple[str, ...]:
+  """The held-out splits to evaluate: validation (when there is one) and test."""
+  return ('validation', 'test') if len(dataset.validation_labels) else ('test',)
 
 
 def _progress_line(record: dict[str, Any], total_steps: int) -> str:
