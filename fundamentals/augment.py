@@ -51,19 +51,27 @@ def color(key: jax.Array, image: jax.Array, *, brightness: float = 0.15,
   return jnp.clip(image, 0.0, 1.0)
 
 
-def rotate(key: jax.Array, image: jax.Array, *, max_degrees: float = 15.0) -> jax.Array:
-  """Rotates about the centre by θ ~ U(±max_degrees), bilinear, edges extended."""
+def rotate_by(image: jax.Array, theta: jax.Array) -> jax.Array:
+  """Rotates clockwise by ``theta`` radians about the centre, bilinear, edges extended.
+
+  Output pixel (y, x) samples the input at the inverse-rotated position
+  (c_y + cos θ·(y−c_y) − sin θ·(x−c_x), c_x + sin θ·(y−c_y) + cos θ·(x−c_x)).
+  """
   height, width, channels = image.shape
-  theta = jax.random.uniform(key, (), minval=-1, maxval=1) * max_degrees * math.pi / 180
   cy, cx = (height - 1) / 2, (width - 1) / 2
   yy, xx = jnp.meshgrid(jnp.arange(height), jnp.arange(width), indexing='ij')
-  # Inverse map: each output pixel samples the input at the un-rotated position.
   src_y = cy + jnp.cos(theta) * (yy - cy) - jnp.sin(theta) * (xx - cx)
   src_x = cx + jnp.sin(theta) * (yy - cy) + jnp.cos(theta) * (xx - cx)
   return jnp.stack([
       jax.scipy.ndimage.map_coordinates(image[..., c], [src_y, src_x], order=1,
                                         mode='nearest')
       for c in range(channels)], axis=-1)
+
+
+def rotate(key: jax.Array, image: jax.Array, *, max_degrees: float = 15.0) -> jax.Array:
+  """Small random rotation: θ ~ U(±max_degrees)."""
+  theta = jax.random.uniform(key, (), minval=-1, maxval=1) * max_degrees * math.pi / 180
+  return rotate_by(image, theta)
 
 
 AUGMENTATIONS: dict[str, Transform] = {

@@ -54,3 +54,25 @@ def test_unprepared_catalog_dataset_fails_fast_with_instructions(tmp_path):
 def test_unknown_dataset_is_named(tmp_path):
   with pytest.raises(ValueError, match='no_such_dataset'):
     data.load('no_such_dataset', data_dir=str(tmp_path))
+
+
+def test_validation_split_is_stratified_deterministic_and_disjoint(small_dataset):
+  images, labels = small_dataset.train_images, small_dataset.train_labels
+  (tr_x, tr_y), (va_x, va_y) = data.split_validation(images, labels, 0.25)
+  np.testing.assert_array_equal(np.bincount(va_y, minlength=30), 5)
+  np.testing.assert_array_equal(np.bincount(tr_y, minlength=30), 15)
+  (_, _), (va_x2, va_y2) = data.split_validation(images, labels, 0.25)
+  np.testing.assert_array_equal(va_x, va_x2)
+  flat = lambda x: {img.tobytes() for img in x}
+  assert not flat(tr_x) & flat(va_x)
+  with pytest.raises(ValueError, match='validation_fraction=1.0'):
+    data.split_validation(images, labels, 1.0)
+
+
+def test_normalization_statistics_exclude_the_validation_split(data_dir):
+  ds = data.load('synthetic_fruits/small', data_dir=data_dir, validation_fraction=0.25)
+  assert len(ds.validation_labels) == 150 and len(ds.train_labels) == 450
+  mean, _ = data.channel_stats(ds.train_images)
+  np.testing.assert_array_equal(ds.mean, mean)
+  everything, _ = data.channel_stats(np.concatenate([ds.train_images, ds.validation_images]))
+  assert not np.array_equal(ds.mean, everything)
