@@ -6,11 +6,13 @@ Each module declares what it varies and how it summarizes, and calls
 
 from typing import Any, Callable
 
+from experiments import augmentation
 from experiments import train
 
 Experiment = Callable[..., dict[str, Any]]
 
 EXPERIMENTS: dict[str, Experiment] = {
+    'augmentation': augmentation.run,
     'train': train.run,
 }
 
