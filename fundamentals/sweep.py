@@ -1,0 +1,256 @@
+"""Sweeps: the Cartesian product of flag values, run member by member, resumable.
+
+A sweep is a base :class:`Config` plus *axes*, ``{field: [values…]}``. Every member is
+the base with one value per axis, runs in its own sub-directory named from what varies
+(``init-kaiming__activation-relu__seed-0``), and is skipped on a re-run once its
+``summary.json`` (written atomically, last) says it finished. ``--sweep_shard=k/n``
+runs members k, k+n, k+2n, … so that n jobs cover a sweep disjointly; results are
+collected from whatever member directories exist.
+"""
+
+import csv
+import dataclasses
+import io
+import itertools
+import json
+import math
+import pathlib
+import statistics
+from typing import Any, Callable, Sequence
+
+from fundamentals import rundir
+from fundamentals.config import Config
+
+# Config fields a sweep may vary, with how to parse one flag value.
+SWEEPABLE: dict[str, Callable[[str], Any]] = {
+    'init': str, 'activation': str, 'output_init': str, 'schedule': str,
+    'optimizer': str, 'bn_impl': str,
+    'batchnorm': lambda v: {'true': True, 'false': False, '1': True, '0': False}[v.lower()],
+    'seed': int, 'steps': int, 'batch_size': int, 'warmup_steps': int,
+    'lr': float, 'momentum': float, 'output_scale': float, 'bn_momentum': float,
+}
+FINISHED = ('completed', 'diverged')
+METRICS = ('initial_loss', 'final_train_loss', 'final_train_accuracy',
+           'final_test_loss', 'final_test_accuracy', 'wall_time_s')
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+  name: str
+  settings: dict[str, Any]
+  config: Config
+
+
+def parse_axes(values: dict[str, Sequence[str]]) -> dict[str, list[Any]]:
+  """Parses flag strings per field; raises ValueError naming a bad field or value."""
+  axes = {}
+  for field, raw in values.items():
+    if field not in SWEEPABLE:
+      raise ValueError(f'{field!r} cannot be swept; sweepable: {sorted(SWEEPABLE)}')
+    try:
+      axes[field] = [SWEEPABLE[field](v) for v in raw]
+    except (ValueError, KeyError):
+      raise ValueError(f'--{field}={",".join(raw)}: cannot parse every value as '
+                       f'{field}') from None
+    if len(set(axes[field])) != len(axes[field]):
+      raise ValueError(f'--{field}={",".join(raw)} repeats a value')
+  return axes
+
+
+def _format(value: Any) -> str:
+  return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def member_name(settings: dict[str, Any]) -> str:
+  """``field-value`` pairs of the varied settings, joined by ``__``."""
+  return '__'.join(f'{k}-{_format(v)}' for k, v in settings.items()) or 'single'
+
+
+def expand(base: Config, axes: dict[str, list[Any]], *, workdir: str | pathlib.Path
+           ) -> list[Member]:
+  """All members of the grid, in row-major order of ``axes``.
+
+  Every member's Config is built (and so validated) here: an invalid combination is
+  reported, with all others that are invalid, before anything runs.
+  """
+  varied = [k for k, values in axes.items() if len(values) > 1]
+  members, errors = [], []
+  for combo in itertools.product(*axes.values()):
+    values = dict(zip(axes, combo))
+    settings = {k: values[k] for k in varied}
+    name = member_name(settings)
+    try:
+      config = dataclasses.replace(base, **values, workdir=str(pathlib.Path(workdir) / name),
+                                   experiment='train')
+    except ValueError as e:
+      errors.append(f'{name}: {e}')
+      continue
+    members.append(Member(name, settings, config))
+  if errors:
+    raise ValueError(f'{len(errors)} invalid sweep member(s):\n  ' + '\n  '.join(errors))
+  return members
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+  """``'k/n'`` → (k, n) with 0 ≤ k < n."""
+  try:
+    k, n = (int(part) for part in text.split('/'))
+  except ValueError:
+    raise ValueError(f'--sweep_shard={text!r} must look like k/n, e.g. 0/4') from None
+  if not 0 <= k < n:
+    raise ValueError(f'--sweep_shard={text!r} needs 0 <= k < n')
+  return k, n
+
+
+def shard(members: list[Member], k: int, n: int) -> list[Member]:
+  """Members k, k+n, k+2n, …: n shards are disjoint and cover the sweep."""
+  return members[k::n]
+
+
+def plan(members: list[Member], axes: dict[str, list[Any]], mine: list[Member]) -> str:
+  varied = ', '.join(f'{k} ({len(v)}: {",".join(map(_format, v))})'
+                     for k, v in axes.items() if len(v) > 1)
+  return (f'sweep: {len(members)} runs varying {varied or "nothing"}; this job runs '
+          f'{len(mine)}')
+
+
+def is_finished(member: Member) -> bool:
+  path = pathlib.Path(member.config.workdir) / 'summary.json'
+  if not path.exists():
+    return False
+  try:
+    return json.loads(path.read_text()).get('status') in FINISHED
+  except json.JSONDecodeError:
+    return False
+
+
+def write_manifest(workdir: pathlib.Path, base: Config, axes: dict[str, list[Any]],
+                   members: list[Member], *, overwrite: bool):
+  """Writes ``sweep.json``; refuses a directory that holds a different sweep."""
+  manifest = {'base': base.to_dict(), 'axes': axes,
+              'members': [{'name': m.name, 'settings': m.settings} for m in members]}
+  path = workdir / 'sweep.json'
+  if path.exists() and not overwrite:
+    old = json.loads(path.read_text())
+    if old['axes'] != json.loads(json.dumps(axes)) or old['base'] != json.loads(
+        json.dumps(manifest['base'])):
+      raise FileExistsError(f'{workdir} holds a different sweep; use another --workdir '
+                            'or pass --overwrite')
+  rundir.write_json(path, manifest)
+
+
+def run(base: Config, axes: dict[str, list[Any]], *, workdir: str | pathlib.Path,
+        run_member: Callable[..., dict[str, Any]], shard_spec: tuple[int, int] = (0, 1),
+        overwrite: bool = False, echo: Callable[[str], Any] = print) -> list[dict[str, Any]]:
+  """Runs this shard's unfinished members, then collects and writes the results."""
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  members = expand(base, axes, workdir=workdir)
+  mine = shard(members, *shard_spec)
+  echo(plan(members, axes, mine))
+  write_manifest(workdir, base, axes, members, overwrite=overwrite)
+  for i, member in enumerate(mine, 1):
+    if is_finished(member) and not overwrite:
+      echo(f'[{i}/{len(mine)}] {member.name}: finished earlier, skipped')
+      continue
+    echo(f'[{i}/{len(mine)}] {member.name}')
+    # A member without a finished summary was interrupted: start it again.
+    run_member(member.config, overwrite=True)
+  return summarize(workdir, echo=echo)
+
+
+def summarize(workdir: str | pathlib.Path, *, echo: Callable[[str], Any] = print
+              ) -> list[dict[str, Any]]:
+  """Collects every member's summary into results.csv / results.md (+ figures)."""
+  workdir = pathlib.Path(workdir)
+  manifest = json.loads((workdir / 'sweep.json').read_text())
+  rows = []
+  for member in manifest['members']:
+    row = dict(member['settings'], member=member['name'], status='pending')
+    path = workdir / member['name'] / 'summary.json'
+    if path.exists():
+      summary = json.loads(path.read_text())
+      row.update(status=summary.get('status'),
+                 diverged_at_step=summary.get('diverged_at_step'),
+                 **{k: summary.get(k) for k in METRICS})
+      row.update(_inactive_fractions(summary))
+    rows.append(row)
+  varied = list(manifest['members'][0]['settings']) if manifest['members'] else []
+  _write_csv(workdir / 'results.csv', rows)
+  groups = aggregate(rows, varied)
+  (workdir / 'results.md').write_text(results_markdown(rows, groups, varied))
+  done = sum(r['status'] in FINISHED for r in rows)
+  echo(f'{done}/{len(rows)} members finished; wrote {workdir}/results.csv, results.md')
+  return rows
+
+
+def _inactive_fractions(summary: dict[str, Any]) -> dict[str, Any]:
+  """Final saturated/dead fractions, where the run's diagnostics reported them."""
+  found = {}
+  for key in ('final_saturated_fraction', 'final_dead_fraction'):
+    if isinstance(summary.get(key), (int, float)):
+      found[key] = summary[key]
+  return found
+
+
+def _write_csv(path: pathlib.Path, rows: list[dict[str, Any]]):
+  columns = list(dict.fromkeys(k for row in rows for k in row))
+  buffer = io.StringIO()
+  writer = csv.DictWriter(buffer, fieldnames=columns)
+  writer.writeheader()
+  writer.writerows(rows)
+  tmp = path.with_suffix('.csv.tmp')
+  tmp.write_text(buffer.getvalue())
+  tmp.replace(path)
+
+
+def aggregate(rows: list[dict[str, Any]], varied: list[str]) -> list[dict[str, Any]]:
+  """Groups members that differ only in seed: mean and std of each metric, n finished."""
+  keys = [k for k in varied if k != 'seed']
+  groups: dict[tuple, list[dict[str, Any]]] = {}
+  for row in rows:
+    groups.setdefault(tuple(row.get(k) for k in keys), []).append(row)
+  out = []
+  for values, members in groups.items():
+    finished = [m for m in members if m['status'] == 'completed']
+    entry = dict(zip(keys, values), n=len(finished), of=len(members),
+                 diverged=sum(m['status'] == 'diverged' for m in members))
+    for metric in METRICS:
+      xs = [m[metric] for m in finished if isinstance(m.get(metric), (int, float))
+            and math.isfinite(m[metric])]
+      entry[metric] = (statistics.fmean(xs) if xs else None,
+                       statistics.stdev(xs) if len(xs) > 1 else 0.0 if xs else None)
+    out.append(entry)
+  return out
+
+
+def _pm(pair, fmt='{:.3f}') -> str:
+  mean, std = pair
+  if mean is None:
+    return '–'
+  return fmt.format(mean) + (f' ± {fmt.format(std)}' if std else '')
+
+
+def results_markdown(rows, groups, varied) -> str:
+  lines = ['# Sweep results', '', f'{len(rows)} members; varied: {", ".join(varied) or "nothing"}.',
+           '', '## Per member', '',
+           '| member | status | initial loss | train loss | train acc | test loss | test acc | wall s |',
+           '| --- | --- | --- | --- | --- | --- | --- | --- |']
+  for r in rows:
+    cell = lambda k, f='{:.3f}': f.format(r[k]) if isinstance(r.get(k), (int, float)) else '–'
+    status = r['status'] + (f' @ {r["diverged_at_step"]}' if r.get('diverged_at_step') else '')
+    lines.append(f'| {r["member"]} | {status} | {cell("initial_loss")} | '
+                 f'{cell("final_train_loss")} | {cell("final_train_accuracy", "{:.2%}")} | '
+                 f'{cell("final_test_loss")} | {cell("final_test_accuracy", "{:.2%}")} | '
+                 f'{cell("wall_time_s", "{:.1f}")} |')
+  if 'seed' in varied:
+    keys = [k for k in varied if k != 'seed']
+    lines += ['', '## Mean ± std over seeds', '',
+              '| ' + ' | '.join(keys) + ' | seeds | diverged | initial loss | test acc | test loss |',
+              '| ' + ' | '.join('---' for _ in keys) + ' | --- | --- | --- | --- | --- |']
+    for g in groups:
+      lines.append('| ' + ' | '.join(_format(g[k]) for k in keys) +
+                   f' | {g["n"]}/{g["of"]} | {g["diverged"]} | {_pm(g["initial_loss"])} | '
+                   f'{_pm(g["final_test_accuracy"], "{:.2%}")} | '
+                   f'{_pm(g["final_test_loss"])} |')
+  return '\n'.join(lines) + '\n'

@@ -1,0 +1,114 @@
+import csv
+import json
+import pathlib
+
+import pytest
+
+from fundamentals import rundir
+from fundamentals import sweep
+from fundamentals.config import Config
+
+BASE = Config(dataset='synthetic_fruits/small', hidden=(8,), steps=5, batch_size=20)
+
+
+def fake_member(calls, fail_on=None):
+  """Stands in for train.train: records the call and writes a summary like it does."""
+  def run(config, *, overwrite=False):
+    calls.append(config)
+    workdir = rundir.create(config.workdir, overwrite=overwrite)
+    status = 'diverged' if config.lr == fail_on else 'completed'
+    summary = {'status': status, 'initial_loss': 3.4, 'wall_time_s': 1.0,
+               'diverged_at_step': 3 if status == 'diverged' else None}
+    if status == 'completed':
+      summary.update(final_train_loss=1.0, final_train_accuracy=0.5 + config.seed / 10,
+                     final_test_loss=2.0, final_test_accuracy=0.3 + config.seed / 10)
+    rundir.write_json(workdir / 'summary.json', summary)
+    return summary
+  return run
+
+
+def test_grid_is_the_cartesian_product_named_by_what_varies(tmp_path):
+  axes = sweep.parse_axes({'init': ['normal', 'kaiming'], 'activation': ['tanh', 'relu', 'identity'],
+                           'batchnorm': ['false', 'true'], 'lr': ['0.1']})
+  members = sweep.expand(BASE, axes, workdir=tmp_path)
+  assert len(members) == 12
+  assert members[0].name == 'init-normal__activation-tanh__batchnorm-false'
+  assert len({m.name for m in members}) == 12
+  assert all(m.config.lr == 0.1 and m.config.steps == 5 for m in members)
+  assert {(m.config.init, m.config.activation, m.config.batchnorm) for m in members} == {
+      (i, a, b) for i in ('normal', 'kaiming') for a in ('tanh', 'relu', 'identity')
+      for b in (False, True)}
+  assert members[3].config.workdir == str(tmp_path / members[3].name)
+
+
+def test_invalid_combinations_are_all_reported_before_anything_runs(tmp_path):
+  axes = sweep.parse_axes({'warmup_steps': ['0', '10'], 'steps': ['5', '20']})
+  with pytest.raises(ValueError, match='1 invalid sweep member') as info:
+    sweep.expand(BASE, axes, workdir=tmp_path)
+  assert 'warmup_steps-10__steps-5' in str(info.value)
+  with pytest.raises(ValueError, match="'hidden' cannot be swept"):
+    sweep.parse_axes({'hidden': ['8']})
+  with pytest.raises(ValueError, match='--lr=0.1,fast'):
+    sweep.parse_axes({'lr': ['0.1', 'fast']})
+
+
+def test_shards_are_disjoint_and_cover_the_sweep(tmp_path):
+  members = sweep.expand(BASE, sweep.parse_axes({'seed': list('0123456')}), workdir=tmp_path)
+  shards = [sweep.shard(members, k, 3) for k in range(3)]
+  names = [m.name for s in shards for m in s]
+  assert sorted(names) == sorted(m.name for m in members) and len(set(names)) == 7
+  assert sweep.parse_shard('2/3') == (2, 3)
+  for bad in ('3/3', 'x', '1'):
+    with pytest.raises(ValueError, match='sweep_shard'):
+      sweep.parse_shard(bad)
+
+
+def test_rerun_skips_finished_members_and_restarts_interrupted_ones(tmp_path):
+  axes = sweep.parse_axes({'seed': ['0', '1', '2']})
+  calls = []
+  sweep.run(BASE, axes, workdir=tmp_path, run_member=fake_member(calls), echo=print)
+  assert len(calls) == 3
+  before = (tmp_path / 'seed-0' / 'summary.json').read_text()
+  # seed-1 was killed mid-run: its directory exists but holds no summary.
+  (tmp_path / 'seed-1' / 'summary.json').unlink()
+  calls.clear()
+  rows = sweep.run(BASE, axes, workdir=tmp_path, run_member=fake_member(calls), echo=print)
+  assert [c.seed for c in calls] == [1]
+  assert (tmp_path / 'seed-0' / 'summary.json').read_text() == before
+  assert [r['status'] for r in rows] == ['completed'] * 3
+
+
+def test_a_different_sweep_in_the_same_directory_is_refused(tmp_path):
+  sweep.run(BASE, sweep.parse_axes({'seed': ['0', '1']}), workdir=tmp_path,
+            run_member=fake_member([]), echo=print)
+  with pytest.raises(FileExistsError, match='different sweep'):
+    sweep.run(BASE, sweep.parse_axes({'seed': ['0', '2']}), workdir=tmp_path,
+              run_member=fake_member([]), echo=print)
+
+
+def test_results_aggregate_over_seeds_and_record_divergence(tmp_path):
+  axes = sweep.parse_axes({'lr': ['0.1', '0.5'], 'seed': ['0', '1', '2']})
+  rows = sweep.run(BASE, axes, workdir=tmp_path, run_member=fake_member([], fail_on=0.5),
+                   echo=print)
+  assert [r['status'] for r in rows] == ['completed'] * 3 + ['diverged'] * 3
+  with open(tmp_path / 'results.csv') as f:
+    table = list(csv.DictReader(f))
+  assert len(table) == 6 and table[3]['diverged_at_step'] == '3'
+  groups = sweep.aggregate(rows, ['lr', 'seed'])
+  ok = next(g for g in groups if g['lr'] == 0.1)
+  mean, std = ok['final_test_accuracy']
+  assert mean == pytest.approx(0.4) and std == pytest.approx(0.1)
+  assert next(g for g in groups if g['lr'] == 0.5)['diverged'] == 3
+  markdown = (tmp_path / 'results.md').read_text()
+  assert '40.00% ± 10.00%' in markdown and 'diverged @ 3' in markdown
+  manifest = json.loads((tmp_path / 'sweep.json').read_text())
+  assert manifest['axes'] == {'lr': [0.1, 0.5], 'seed': [0, 1, 2]}
+
+
+def test_summarize_collects_the_shards_of_other_jobs(tmp_path):
+  axes = sweep.parse_axes({'seed': ['0', '1', '2', '3']})
+  for k in range(2):
+    sweep.run(BASE, axes, workdir=tmp_path, run_member=fake_member([]), shard_spec=(k, 2),
+              echo=print)
+  rows = sweep.summarize(tmp_path, echo=print)
+  assert [r['status'] for r in rows] == ['completed'] * 4
