@@ -6,6 +6,7 @@ Examples:
   python launch.py --experiment=list
 """
 
+import logging
 import sys
 
 from absl import app
@@ -14,9 +15,10 @@ from absl import flags
 import experiments
 from fundamentals import activations
 from fundamentals import augment
+from fundamentals import batchnorm
 from fundamentals import initializers
 from fundamentals import schedules
-from fundamentals.config import Config
+from fundamentals.config import OPTIMIZERS, Config
 
 _D = Config()  # Defaults live in one place: the Config dataclass.
 
@@ -41,7 +43,8 @@ flags.DEFINE_list('hidden', [str(w) for w in _D.hidden],
 flags.DEFINE_enum('activation', _D.activation, sorted(activations.ACTIVATIONS),
                   'Hidden-layer activation.')
 flags.DEFINE_enum('init', _D.init, initializers.names(),
-                  'Hidden-kernel initializer (Kaiming takes the activation gain).')
+                  'Hidden-kernel initializer (Kaiming and orthogonal take the '
+                  'activation gain; LeCun and Xavier use gain 1).')
 flags.DEFINE_enum('output_init', _D.output_init, ['same', *initializers.names()],
                   'Output-kernel initializer; "same" = --init with linear gain.')
 flags.DEFINE_float('output_scale', _D.output_scale,
@@ -52,6 +55,12 @@ flags.DEFINE_boolean('batchnorm', _D.batchnorm,
 flags.DEFINE_float('bn_momentum', _D.bn_momentum,
                    'alpha of the BN running averages mu <- alpha*mu + (1-alpha)*mu_B.')
 flags.DEFINE_float('bn_epsilon', _D.bn_epsilon, 'epsilon added to the BN variance.')
+flags.DEFINE_enum('bn_impl', _D.bn_impl, sorted(batchnorm.IMPLEMENTATIONS),
+                  'BatchNorm layer: Flax\'s nnx.BatchNorm or ours '
+                  '(fundamentals/batchnorm.py); identical results.')
+flags.DEFINE_enum('optimizer', _D.optimizer, list(OPTIMIZERS),
+                  'sgd: optax SGD on jax.grad; manual_sgd: the hand-written backward '
+                  'pass and update (fundamentals/backprop.py); equal up to rounding.')
 flags.DEFINE_float('lr', _D.lr, 'Peak learning rate.')
 flags.DEFINE_float('momentum', _D.momentum, 'SGD momentum (0 for plain SGD).')
 flags.DEFINE_enum('schedule', _D.schedule, sorted(schedules.SCHEDULES),
@@ -61,10 +70,24 @@ flags.DEFINE_integer('steps', _D.steps, 'Training steps.')
 flags.DEFINE_integer('batch_size', _D.batch_size, 'Training batch size.')
 flags.DEFINE_integer('log_every', _D.log_every, 'Steps between metrics records.')
 flags.DEFINE_integer('eval_every', _D.eval_every, 'Steps between test evaluations.')
+flags.DEFINE_integer('diagnostics_every', _D.diagnostics_every,
+                     'Steps between per-layer diagnostics (activation/gradient '
+                     'statistics, update:data ratios, histograms); 0 turns them off.')
 flags.DEFINE_integer('seed', _D.seed, 'Random seed (init and shuffling).')
 flags.DEFINE_string('workdir', _D.workdir,
                     'Run directory (default: runs/<timestamp>-<experiment>).')
 flags.DEFINE_boolean('overwrite', False, 'Replace a run already in --workdir.')
+flags.DEFINE_list('sp_inits', list(_D.sp_inits),
+                  'signal_propagation: initializers to compare (names as --init, or '
+                  'lsuv).')
+flags.DEFINE_list('sp_activations', list(_D.sp_activations),
+                  'signal_propagation: activations to compare.')
+flags.DEFINE_integer('sp_depth', _D.sp_depth, 'signal_propagation: hidden layers.')
+flags.DEFINE_integer('sp_width', _D.sp_width, 'signal_propagation: units per layer.')
+flags.DEFINE_enum('sp_batchnorm', _D.sp_batchnorm, ['off', 'on', 'both'],
+                  'signal_propagation: without BatchNorm, with it, or both.')
+flags.DEFINE_integer('sp_draws', _D.sp_draws,
+                     'signal_propagation: independent weight draws per case.')
 
 FLAGS = flags.FLAGS
 
@@ -104,10 +127,15 @@ def config_from_flags() -> Config:
       hidden=tuple(int(w) for w in FLAGS.hidden), activation=FLAGS.activation,
       init=FLAGS.init, output_init=FLAGS.output_init, output_scale=FLAGS.output_scale,
       batchnorm=FLAGS.batchnorm, bn_momentum=FLAGS.bn_momentum,
-      bn_epsilon=FLAGS.bn_epsilon, lr=FLAGS.lr, momentum=FLAGS.momentum,
+      bn_epsilon=FLAGS.bn_epsilon, bn_impl=FLAGS.bn_impl, optimizer=FLAGS.optimizer,
+      lr=FLAGS.lr, momentum=FLAGS.momentum,
       schedule=FLAGS.schedule, warmup_steps=FLAGS.warmup_steps, steps=FLAGS.steps,
       batch_size=FLAGS.batch_size, log_every=FLAGS.log_every,
-      eval_every=FLAGS.eval_every, seed=FLAGS.seed, workdir=FLAGS.workdir)
+      eval_every=FLAGS.eval_every, diagnostics_every=FLAGS.diagnostics_every,
+      seed=FLAGS.seed, workdir=FLAGS.workdir,
+      sp_inits=tuple(FLAGS.sp_inits), sp_activations=tuple(FLAGS.sp_activations),
+      sp_depth=FLAGS.sp_depth, sp_width=FLAGS.sp_width,
+      sp_batchnorm=FLAGS.sp_batchnorm, sp_draws=FLAGS.sp_draws)
 
 
 def main(argv):
@@ -120,6 +148,8 @@ def main(argv):
     config = config_from_flags()
   except ValueError as e:
     sys.exit(f'launch.py: invalid flags: {e}')
+  # JAX logs at INFO each accelerator backend it fails to find; only its warnings matter.
+  logging.getLogger('jax._src.xla_bridge').setLevel(logging.WARNING)
   experiments.get_experiment(config.experiment)(config, overwrite=FLAGS.overwrite)
 
 

@@ -7,12 +7,18 @@ Each module declares what it varies and how it summarizes, and calls
 from typing import Any, Callable
 
 from experiments import augmentation
+from experiments import backprop
+from experiments import batchnorm
+from experiments import signal_propagation
 from experiments import train
 
 Experiment = Callable[..., dict[str, Any]]
 
 EXPERIMENTS: dict[str, Experiment] = {
     'augmentation': augmentation.run,
+    'backprop': backprop.run,
+    'batchnorm': batchnorm.run,
+    'signal_propagation': signal_propagation.run,
     'train': train.run,
 }
 

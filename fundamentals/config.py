@@ -5,6 +5,9 @@ import json
 import math
 from typing import Any
 
+# 'sgd': optax.sgd on jax.grad; 'manual_sgd': backprop.py's hand gradients and update.
+OPTIMIZERS = ('sgd', 'manual_sgd')
+
 
 @dataclasses.dataclass(frozen=True)
 class Config:
@@ -25,7 +28,9 @@ class Config:
   batchnorm: bool = True
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
+  bn_impl: str = 'flax'
   # Optimization.
+  optimizer: str = 'sgd'
   lr: float = 0.05
   momentum: float = 0.9
   schedule: str = 'cosine'
@@ -35,12 +40,22 @@ class Config:
   # Bookkeeping.
   log_every: int = 100
   eval_every: int = 500
+  diagnostics_every: int = 100  # 0: no in-step diagnostics (no histograms either).
   seed: int = 0
   workdir: str = ''
+  # The signal_propagation experiment (experiments/signal_propagation.py).
+  sp_inits: tuple[str, ...] = ('normal', 'xavier', 'kaiming')
+  sp_activations: tuple[str, ...] = ('tanh', 'relu')
+  sp_depth: int = 10
+  sp_width: int = 512
+  sp_batchnorm: str = 'off'  # 'off', 'on' or 'both'.
+  sp_draws: int = 8
 
   def __post_init__(self):
     object.__setattr__(self, 'hidden', tuple(int(w) for w in self.hidden))
     object.__setattr__(self, 'augment', tuple(self.augment))
+    object.__setattr__(self, 'sp_inits', tuple(self.sp_inits))
+    object.__setattr__(self, 'sp_activations', tuple(self.sp_activations))
     validate(self)
 
   def to_dict(self) -> dict[str, Any]:
@@ -66,6 +81,7 @@ def validate(config: Config):
   """Raises ValueError naming the first invalid setting and what would be valid."""
   # Imported here so that building a Config stays cheap for callers that only parse.
   from fundamentals import activations, augment, initializers, schedules  # pylint: disable=g-import-not-at-top
+  from fundamentals import batchnorm  # pylint: disable=g-import-not-at-top
   augment.validate(config.augment)
   if not 0 <= config.validation_fraction < 1:
     raise ValueError(f'validation_fraction={config.validation_fraction} must be in '
@@ -76,11 +92,28 @@ def validate(config: Config):
   initializers.get_initializer(config.init, activation=config.activation)
   if config.output_init != 'same':
     initializers.get_initializer(config.output_init)
+  if not config.sp_inits or not config.sp_activations:
+    raise ValueError(f'sp_inits={list(config.sp_inits)} and sp_activations='
+                     f'{list(config.sp_activations)} must each name at least one')
+  for name in config.sp_inits:
+    if name not in initializers.DATA_DEPENDENT:
+      initializers.get_scheme(name)
+  for name in config.sp_activations:
+    activations.get_activation(name)
+  if config.sp_batchnorm not in ('off', 'on', 'both'):
+    raise ValueError(f"sp_batchnorm={config.sp_batchnorm!r} must be 'off', 'on' or "
+                     "'both'")
+  for name in ('sp_depth', 'sp_width', 'sp_draws'):
+    if getattr(config, name) < 1:
+      raise ValueError(f'{name}={getattr(config, name)} must be positive')
   if config.schedule not in schedules.SCHEDULES:
     raise ValueError(f'Unknown schedule {config.schedule!r}; valid: '
                      f'{sorted(schedules.SCHEDULES)}')
   if not config.hidden or any(w < 1 for w in config.hidden):
     raise ValueError(f'hidden={config.hidden} must be one or more positive widths')
+  if config.diagnostics_every < 0:
+    raise ValueError(f'diagnostics_every={config.diagnostics_every} must be >= 0 '
+                     '(0 turns diagnostics off)')
   for name in ('steps', 'batch_size', 'log_every', 'eval_every'):
     if getattr(config, name) < 1:
       raise ValueError(f'{name}={getattr(config, name)} must be positive')
@@ -88,12 +121,15 @@ def validate(config: Config):
     raise ValueError(f'lr={config.lr} must be a positive finite number')
   if not (math.isfinite(config.output_scale) and config.output_scale >= 0):
     raise ValueError(f'output_scale={config.output_scale} must be finite and >= 0')
+  if config.optimizer not in OPTIMIZERS:
+    raise ValueError(f'Unknown optimizer {config.optimizer!r}; valid: {list(OPTIMIZERS)}')
   if not 0 <= config.momentum < 1:
     raise ValueError(f'momentum={config.momentum} must be in [0, 1)')
   if not 0 <= config.bn_momentum < 1:
     raise ValueError(f'bn_momentum={config.bn_momentum} must be in [0, 1)')
   if not config.bn_epsilon > 0:
     raise ValueError(f'bn_epsilon={config.bn_epsilon} must be positive')
+  batchnorm.get_implementation(config.bn_impl)
   if not 0 <= config.warmup_steps < config.steps:
     raise ValueError(f'warmup_steps={config.warmup_steps} must be in [0, '
                      f'steps={config.steps})')

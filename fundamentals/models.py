@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from fundamentals import activations
+from fundamentals import batchnorm as batchnorm_lib
 from fundamentals import initializers
 
 
@@ -27,6 +28,8 @@ class MLP(nnx.Module):
     batchnorm: whether each hidden Dense is followed by BatchNorm (then it has no bias).
     bn_momentum: α of the running averages μ ← α·μ + (1−α)·μ_B (Flax's ``momentum``).
     bn_epsilon: ε added to the batch variance.
+    bn_impl: ``'flax'`` (``nnx.BatchNorm``) or ``'ours'`` (``batchnorm.BatchNorm``,
+      the from-scratch layer); the two give identical results.
     output_init: initializer of the output kernel; ``'same'`` uses ``init`` with the
       gain of a linear layer.
     output_scale: factor on the output kernel at init. Small values (0.1, 0.01) give
@@ -37,7 +40,8 @@ class MLP(nnx.Module):
   def __init__(self, in_features: int, hidden: Sequence[int], num_classes: int, *,
                activation: str = 'relu', init: str = 'kaiming',
                batchnorm: bool = True, bn_momentum: float = 0.9,
-               bn_epsilon: float = 1e-5, output_init: str = 'same',
+               bn_epsilon: float = 1e-5, bn_impl: str = 'flax',
+               output_init: str = 'same',
                output_scale: float = 1.0, rngs: nnx.Rngs):
     if in_features < 1 or num_classes < 1 or any(w < 1 for w in hidden):
       raise ValueError(f'sizes must be positive: {in_features=}, {hidden=}, '
@@ -51,8 +55,9 @@ class MLP(nnx.Module):
                    rngs=rngs)
         for n_in, n_out in zip(widths[:-1], widths[1:])
     ])
+    bn_layer = batchnorm_lib.get_implementation(bn_impl)
     self.norms = nnx.List([
-        nnx.BatchNorm(n, momentum=bn_momentum, epsilon=bn_epsilon, rngs=rngs)
+        bn_layer(n, momentum=bn_momentum, epsilon=bn_epsilon, rngs=rngs)
         for n in hidden
     ] if batchnorm else [])
     base_output_init = initializers.get_initializer(
@@ -80,4 +85,13 @@ class MLP(nnx.Module):
 def count_params(params) -> int:
   """Number of scalars in a parameter pytree."""
   return sum(int(jnp.size(leaf)) for leaf in jax.tree_util.tree_leaves(params))
+
+
+def omitted_bias_count(model: MLP) -> int:
+  """Bias scalars the hidden Dense layers would carry without BatchNorm after them.
+
+  BN(Wx + b) = BN(Wx): the batch mean absorbs b, whose gradient is zero, so the
+  model omits it; parameters with the redundant bias = ``count_params`` + this.
+  """
+  return sum(dense.out_features for dense in model.dense) if model.norms else 0
 

@@ -8,8 +8,8 @@ each step gathers its batch from a per-epoch permutation and normalizes it on de
 so there is no per-step host work.
 """
 
+import concurrent.futures
 import datetime
-import math
 import pathlib
 import time
 from typing import Any, Callable, NamedTuple
@@ -21,11 +21,18 @@ import optax
 from flax import nnx
 
 from fundamentals import augment as augment_lib
+from fundamentals import backprop
 from fundamentals import data as data_lib
+from fundamentals import diagnostics
+from fundamentals import doctor
 from fundamentals import losses
 from fundamentals import models
+from fundamentals import plots
+from fundamentals import progress
+from fundamentals import report
 from fundamentals import rundir
 from fundamentals import schedules
+from fundamentals import tensorboard_events
 from fundamentals.config import Config
 
 
@@ -47,16 +54,23 @@ def create_model(config: Config, dataset: data_lib.Dataset, key: jax.Array) -> m
       dataset.num_features, config.hidden, dataset.num_classes,
       activation=config.activation, init=config.init, batchnorm=config.batchnorm,
       bn_momentum=config.bn_momentum, bn_epsilon=config.bn_epsilon,
+      bn_impl=config.bn_impl,
       output_init=config.output_init, output_scale=config.output_scale,
       rngs=nnx.Rngs(params=key))
 
 
 def create_optimizer(config: Config) -> tuple[optax.GradientTransformation,
                                               schedules.Schedule]:
-  """SGD (with momentum unless ``momentum=0``) driven by the configured schedule."""
+  """SGD (with momentum unless ``momentum=0``) driven by the configured schedule.
+
+  ``optimizer='manual_sgd'`` gives ``backprop.ManualSGD``: the same update written
+  out, which the train step feeds with the hand-written gradients.
+  """
   schedule = schedules.get_schedule(config.schedule, init_value=config.lr,
                                     total_steps=config.steps,
                                     warmup_steps=config.warmup_steps)
+  if config.optimizer == 'manual_sgd':
+    return backprop.ManualSGD(schedule, momentum=config.momentum), schedule
   return optax.sgd(schedule, momentum=config.momentum or None), schedule
 
 
@@ -91,9 +105,13 @@ def make_train_step(graphs: Graphs, tx: optax.GradientTransformation, *,
   The batch is ``perm[position·B : (position+1)·B]`` of the on-device dataset.
   ``augment(key, images) -> images`` (uint8 in, uint8 out), if given, transforms the
   training batch only, with key ``fold_in(augment_key, step)``.
+  ``train_step(..., with_diagnostics=True)`` (a second compiled variant, static flag)
+  adds ``metrics['diagnostics']``: ``diagnostics.measure`` of the step's batch,
+  gradients and actual update; ordinary steps compute none of it.
   """
 
-  def train_step(state: TrainState, images, labels, perm, position, mean, std):
+  def train_step(state: TrainState, images, labels, perm, position, mean, std,
+                 with_diagnostics: bool = False):
     idx = jax.lax.dynamic_slice_in_dim(perm, position * batch_size, batch_size)
     batch = images[idx]
     if augment is not None:
@@ -105,14 +123,23 @@ def make_train_step(graphs: Graphs, tx: optax.GradientTransformation, *,
       logits, batch_stats = apply_model(graphs.train, params, state.batch_stats, x)
       return losses.softmax_cross_entropy(logits, y), (logits, batch_stats)
 
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    if isinstance(tx, backprop.ManualSGD):  # Gradients and update by hand, no optax.
+      loss, logits, grads, batch_stats = backprop.value_and_grad_by_hand(
+          nnx.merge(graphs.train, state.params, state.batch_stats), x, y)
+      params, opt_state = tx.step(state.params, grads, state.opt_state, state.step)
+    else:
+      (loss, (logits, batch_stats)), grads = jax.value_and_grad(
+          loss_fn, has_aux=True)(state.params)
+      updates, opt_state = tx.update(grads, state.opt_state, state.params)
+      params = optax.apply_updates(state.params, updates)
     metrics = {'loss': loss, 'accuracy': losses.accuracy(logits, y)}
+    if with_diagnostics:
+      metrics['diagnostics'] = diagnostics.measure(
+          graphs.train, state.params, state.batch_stats, x, y, grads=grads,
+          new_params=params)
     return TrainState(state.step + 1, params, batch_stats, opt_state), metrics
 
-  return jax.jit(train_step, donate_argnums=0)
+  return jax.jit(train_step, donate_argnums=0, static_argnames='with_diagnostics')
 
 
 def make_eval_step(graphs: Graphs) -> Callable:
@@ -172,12 +199,30 @@ def default_workdir(config: Config) -> str:
   return f'runs/{stamp}-{config.experiment}'
 
 
+class Fit(NamedTuple):
+  """What :func:`fit` returns: the summary and the final model, split."""
+  summary: dict[str, Any]
+  graphs: Graphs
+  state: TrainState
+
+
 def train(config: Config, *, dataset: data_lib.Dataset | None = None,
           overwrite: bool = False, echo: Callable[[str], Any] = print) -> dict[str, Any]:
-  """Trains one model as ``config`` says; writes the run directory; returns the summary.
+  """Trains one model as ``config`` says; writes the run directory; returns the summary."""
+  return fit(config, dataset=dataset, overwrite=overwrite, echo=echo).summary
 
-  Writes ``config.json`` before training, one ``metrics.jsonl`` record per
-  ``log_every`` steps, and ``summary.json`` at the end.
+
+def fit(config: Config, *, dataset: data_lib.Dataset | None = None,
+        overwrite: bool = False, echo: Callable[[str], Any] = print) -> Fit:
+  """Trains one model as ``config`` says; writes the run directory; returns ``Fit``.
+
+  Writes ``config.json`` before training; one ``metrics.jsonl`` record per
+  ``log_every`` steps and per ``diagnostics_every`` steps (those carry the
+  ``diagnostics``), mirrored in TensorBoard event files; and at the end
+  ``diagnostics.json`` (init and end statistics and histograms), the figures,
+  ``summary.json`` with the doctor's findings, and ``report.md``. The doctor also runs
+  on the init (the initial loss and the first step's diagnostics). A non-finite loss
+  or gradient stops the run, marked ``diverged`` at the first non-finite step.
   """
   start_time = time.time()
   workdir = rundir.create(config.workdir or default_workdir(config), overwrite=overwrite)
@@ -200,6 +245,17 @@ def train(config: Config, *, dataset: data_lib.Dataset | None = None,
   train_step = make_train_step(graphs, tx, batch_size=config.batch_size,
                                augment=augment_lib.make_augment(config.augment),
                                augment_key=augment_key)
+  images = jax.device_put(dataset.train_images)
+  labels = jax.device_put(dataset.train_labels)
+  mean, std = jnp.asarray(dataset.mean), jnp.asarray(dataset.std)
+
+  def epoch_perm(epoch):
+    return jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), num_train)
+
+  # Started first, so that compiling the diagnostics variant overlaps the compiles below.
+  init_future = (_measure_init_in_background(train_step, state, images, labels,
+                                             epoch_perm(0), mean, std)
+                 if config.diagnostics_every else None)
   if config.augment:
     augment_lib.save_preview(workdir / 'augment_preview.png', dataset.train_images[:6],
                              config.augment, seed=config.seed)
@@ -213,44 +269,80 @@ def train(config: Config, *, dataset: data_lib.Dataset | None = None,
   echo(f'initial loss {initial_loss:.4f}  (expected ln({dataset.num_classes}) = '
        f'{expected:.4f}, ratio {initial_loss / expected:.2f})')
 
-  images = jax.device_put(dataset.train_images)
-  labels = jax.device_put(dataset.train_labels)
-  mean, std = jnp.asarray(dataset.mean), jnp.asarray(dataset.std)
   status, diverged_at = 'completed', None
-  pending, last_time, last_step = [], time.time(), 0
+  pending, records, last_time, last_step = [], [], time.time(), 0
+  snapshots = {}  # 'init', 'end': (step, diagnostics scalars, samples)
+  if overwrite:  # Outputs a new run might not rewrite (e.g. without diagnostics).
+    for name in ('diagnostics.json', 'report.md', *plots.FIGURES):
+      (workdir / name).unlink(missing_ok=True)
+  writer = tensorboard_events.create_writer(workdir, overwrite=overwrite)
+  bar = progress.Progress(config.steps, echo=echo)
+  initial = {'initial_loss': initial_loss, 'expected_initial_loss': expected}
+  loop_start = time.time()
+  if init_future is None:
+    _report_findings(bar.echo, 'doctor at init', doctor.examine(doctor.Run(config, initial)))
+
+  def take_init_diagnostics():
+    snapshots['init'] = (1, *diagnostics.to_host(init_future.result()))
+    tensorboard_events.write_record(writer, {
+        'step': 0, 'train_loss': initial_loss, 'diagnostics': snapshots['init'][1]})
+    tensorboard_events.write_histograms(writer, 0, snapshots['init'][2])
+    _report_findings(bar.echo, 'doctor at init', doctor.examine(doctor.Run(
+        config, initial, diagnostics={'init': snapshots['init'][1]})))
+
   perm = None
   for step in range(config.steps):
     epoch, position = divmod(step, steps_per_epoch)
     if position == 0:
-      perm = jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), num_train)
-    state, metrics = train_step(state, images, labels, perm, position, mean, std)
-    pending.append(metrics)
+      perm = epoch_perm(epoch)
     done = step + 1
-    if done % config.log_every and done != config.steps:
+    diagnose = _is_diagnostics_step(done, config)
+    if init_future is not None and (diagnose or init_future.done()):
+      take_init_diagnostics()  # Before a diagnostics step: its variant is compiled.
+      init_future = None
+    state, metrics = train_step(state, images, labels, perm, position, mean, std,
+                                with_diagnostics=diagnose)
+    pending.append(metrics)
+    bar.advance()
+    if not _is_record_step(done, config):
       continue
     fetched = jax.device_get(pending)
     now = time.time()
+    step_losses = np.array([m['loss'] for m in fetched], np.float64)
     record = {
         'step': done,
-        'train_loss': float(np.mean([m['loss'] for m in fetched])),
+        'train_loss': float(np.mean(step_losses)),
         'train_accuracy': float(np.mean([m['accuracy'] for m in fetched])),
         'lr': float(schedule(step)),
         'examples_per_sec': (done - last_step) * config.batch_size / (now - last_time),
     }
-    pending, last_time, last_step = [], now, done
-    if not math.isfinite(record['train_loss']):
-      status, diverged_at = 'diverged', done
+    if 'diagnostics' in fetched[-1]:
+      scalars, samples = diagnostics.to_host(fetched[-1]['diagnostics'])
+      record['diagnostics'] = scalars
+      snapshots['end'] = (done, scalars, samples)
+      tensorboard_events.write_histograms(writer, done, samples)
+    diverged_at = first_non_finite_step(step_losses, first_step=last_step + 1,
+                                        scalars=record.get('diagnostics'))
+    if diverged_at is not None:
+      status = 'diverged'
     elif done % config.eval_every == 0 or done == config.steps:
       for split in _eval_splits(dataset):
         result = evaluate(eval_step, state, getattr(dataset, f'{split}_images'),
                           getattr(dataset, f'{split}_labels'), mean, std)
         record.update({f'{split}_loss': result['loss'],
                        f'{split}_accuracy': result['accuracy']})
+    pending, last_time, last_step = [], now, done
+    records.append(record)
     rundir.append_jsonl(workdir / 'metrics.jsonl', record)
-    echo(_progress_line(record, config.steps))
+    tensorboard_events.write_record(writer, record)
+    bar.record(record)
     if status == 'diverged':
-      echo(f'loss is not finite at step {done}: stopping (diverged)')
+      bar.echo(f'loss is not finite at step {diverged_at}: stopping (diverged)')
       break
+  if init_future is not None:
+    take_init_diagnostics()
+  bar.close()
+  train_loop_s = time.time() - loop_start
 
   summary = {
       'status': status,
@@ -258,7 +350,10 @@ def train(config: Config, *, dataset: data_lib.Dataset | None = None,
       'initial_loss': initial_loss,
       'expected_initial_loss': expected,
       'num_params': num_params,
+      'num_params_with_redundant_bias': num_params + models.omitted_bias_count(model),
       'steps': int(state.step),
+      'train_loop_s': train_loop_s,
+      'examples_per_sec': int(state.step) * config.batch_size / train_loop_s,
   }
   if status == 'completed':
     for split in ('train', *_eval_splits(dataset)):
@@ -269,23 +364,105 @@ def train(config: Config, *, dataset: data_lib.Dataset | None = None,
     echo(f'final: train loss {summary["final_train_loss"]:.4f} acc '
          f'{summary["final_train_accuracy"]:.2%} | test loss '
          f'{summary["final_test_loss"]:.4f} acc {summary["final_test_accuracy"]:.2%}')
-  summary['wall_time_s'] = time.time() - start_time
   summary['workdir'] = str(workdir)
+  _write_outputs(workdir, writer, config=config, summary=summary, records=records,
+                 snapshots=snapshots, start_time=start_time, echo=echo)
+  return Fit(summary, graphs, state)
+
+
+def first_non_finite_step(step_losses: np.ndarray, *, first_step: int,
+                          scalars: dict[str, Any] | None = None) -> int | None:
+  """The step of the first non-finite loss of a window that began at ``first_step``.
+
+  When the losses are finite but the diagnostics ``scalars`` (measured on the window's
+  last step) have a non-finite gradient or parameter norm, that last step; None when
+  all is finite.
+  """
+  non_finite = np.flatnonzero(~np.isfinite(step_losses))
+  if non_finite.size:
+    return first_step + int(non_finite[0])
+  if scalars is not None and not diagnostics.is_finite(scalars):
+    return first_step + len(step_losses) - 1
+  return None
+
+
+def _measure_init_in_background(train_step: Callable, state: TrainState, images, labels,
+                                perm, mean, std) -> concurrent.futures.Future:
+  """The first step's diagnostics (the init), measured on a copy of the initial state.
+
+  A background thread runs that first step with ``with_diagnostics=True``, which also
+  compiles the diagnostics variant while training goes on with the ordinary one;
+  waiting for both compilations in turn would cost a few percent of a default run.
+  NNX and JAX keep their trace contexts per thread.
+  """
+  initial = jax.tree.map(jnp.copy, state)  # Copied now: training donates ``state``.
+
+  def first_step():
+    _, metrics = train_step(initial, images, labels, perm, 0, mean, std,
+                            with_diagnostics=True)
+    return jax.device_get(metrics['diagnostics'])
+
+  pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+  future = pool.submit(first_step)
+  pool.shutdown(wait=False)
+  return future
+
+
+def _is_diagnostics_step(done: int, config: Config) -> bool:
+  """Diagnostics every ``diagnostics_every`` steps and at the last (the init: above)."""
+  every = config.diagnostics_every
+  return bool(every) and (done % every == 0 or done == config.steps)
+
+
+def _is_record_step(done: int, config: Config) -> bool:
+  """A metrics record every ``log_every`` steps, at diagnostics steps, and at the end."""
+  return (done % config.log_every == 0 or done == config.steps
+          or _is_diagnostics_step(done, config))
+
+
+def _write_outputs(workdir: pathlib.Path, writer, *, config: Config,
+                   summary: dict[str, Any], records: list[dict[str, Any]],
+                   snapshots: dict[str, tuple], start_time: float,
+                   echo: Callable[[str], Any]):
+  """diagnostics.json, the doctor's findings, figures, summary.json and report.md."""
+  measured = {phase: {'step': step, 'scalars': scalars,
+                      'histograms': diagnostics.histograms(samples)}
+              for phase, (step, scalars, samples) in snapshots.items()}
+  if measured:
+    rundir.write_json(workdir / 'diagnostics.json', measured)
+  scalars = {phase: m['scalars'] for phase, m in measured.items()}
+  findings = doctor.examine(doctor.Run(config, summary, records, scalars))
+  _report_findings(echo, 'doctor', findings)
+  summary['findings'] = findings
+  series = ([(measured['init']['step'], measured['init']['scalars'])] if 'init' in measured
+            else []) + [(r['step'], r['diagnostics']) for r in records if 'diagnostics' in r]
+  figures = plots.save_figures(
+      workdir, records=records, initial_loss=summary['initial_loss'],
+      expected_initial_loss=summary['expected_initial_loss'], series=series,
+      histograms={phase: m['histograms'] for phase, m in measured.items()},
+      activation=config.activation, unit_health=diagnostics.unit_health(config.activation))
+  summary['wall_time_s'] = time.time() - start_time
   rundir.write_json(workdir / 'summary.json', summary)
-  echo(f'wrote {workdir}/ (config.json, metrics.jsonl, summary.json) in '
+  report.write(workdir / 'report.md', config=config, summary=summary, findings=findings,
+               figures=figures, diagnostics=scalars)
+  writer.add_text('doctor', '\n\n'.join(doctor.format_finding(f) for f in findings)
+                  or 'no findings')
+  writer.close()
+  files = sorted(p.name for p in workdir.iterdir() if not p.name.startswith('events.'))
+  echo(f'wrote {workdir}/ ({", ".join(files)}, TensorBoard events) in '
        f'{summary["wall_time_s"]:.1f}s')
-  return summary
+
+
+def _report_findings(echo: Callable[[str], Any], title: str,
+                     findings: list[dict[str, Any]]):
+  if not findings:
+    echo(f'{title}: no findings')
+    return
+  echo(f'{title}: {len(findings)} finding{"s" if len(findings) > 1 else ""}')
+  for f in findings:
+    echo('  ' + doctor.format_finding(f).replace('\n', '\n  '))
 
 
 def _eval_splits(dataset: data_lib.Dataset) -> tuple[str, ...]:
   """The held-out splits to evaluate: validation (when there is one) and test."""
   return ('validation', 'test') if len(dataset.validation_labels) else ('test',)
-
-
-def _progress_line(record: dict[str, Any], total_steps: int) -> str:
-  line = (f'step {record["step"]:>{len(str(total_steps))}}/{total_steps}  '
-          f'loss {record["train_loss"]:.4f}  acc {record["train_accuracy"]:.2%}  '
-          f'lr {record["lr"]:.4g}  {record["examples_per_sec"]:,.0f} ex/s')
-  if 'test_loss' in record:
-    line += f'  | test loss {record["test_loss"]:.4f} acc {record["test_accuracy"]:.2%}'
-  return line

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from conftest import REPO, SMALL
+import experiments
 from fundamentals import rundir
 
 
@@ -40,7 +41,7 @@ def test_few_step_run_writes_files_and_learns(tmp_path, data_dir):
     ('--activation=sigmoidd', 'relu'),
     ('--schedule=linear', 'cosine'),
     ('--hidden=512,x', '--hidden=512,x must be comma-separated positive integers'),
-    ('--experiment=nope', 'valid: list, train'),
+    ('--experiment=nope', "unknown experiment 'nope'; valid: list, "),
     ('--lr=-1', 'lr=-1.0 must be a positive'),
     ('--steps=0', 'steps=0 must be positive'),
 ])
@@ -61,4 +62,6 @@ def test_helpfull_documents_every_flag():
 
 def test_experiment_list():
   result = launch('--experiment=list')
-  assert result.returncode == 0 and result.stdout.startswith('train')
+  assert result.returncode == 0
+  listed = [line.split()[0] for line in result.stdout.splitlines()]
+  assert listed == sorted(experiments.EXPERIMENTS)

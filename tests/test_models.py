@@ -78,3 +78,87 @@ def test_bad_names_raise_with_valid_choices(kwargs, match):
 def test_impossible_sizes_raise():
   with pytest.raises(ValueError, match='hidden'):
     models.MLP(12, (16, 0), 5, rngs=nnx.Rngs(params=0))
+
+
+# BatchNorm: ours (fundamentals/batchnorm.py) against Flax's, inside the MLP.
+
+
+def loss_and_grads(graph, params, batch_stats, x, y):
+  def loss_fn(params):
+    model = nnx.merge(graph, params, jax.tree.map(lambda v: v, batch_stats))
+    logits = model(x)
+    loss = -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], 1))
+    return loss, (logits, nnx.state(model, nnx.BatchStat))
+  return jax.value_and_grad(loss_fn, has_aux=True)(params)
+
+
+def assert_trees_close(a, b, **tolerance):
+  leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for u, v in zip(leaves_a, leaves_b):
+    np.testing.assert_allclose(u, v, **tolerance)
+
+
+@pytest.mark.parametrize('activation', ['relu', 'tanh'])
+def test_our_batchnorm_matches_flax_over_training_steps_and_in_eval_mode(activation):
+  splits = {}
+  for impl in ('flax', 'ours'):
+    model = make(True, bn_impl=impl, activation=activation, bn_momentum=0.8)
+    model.train()
+    splits[impl] = list(nnx.split(model, nnx.Param, nnx.BatchStat))
+  # Same keys drawn in the same order: identical initialization.
+  assert_trees_close(splits['flax'][1], splits['ours'][1], rtol=0, atol=0)
+  rng = np.random.default_rng(0)
+  tolerance = dict(rtol=2e-4, atol=2e-5)
+  for _ in range(4):
+    x = jnp.asarray(rng.normal(size=(32, 12)) * 2 + 1, jnp.float32)
+    y = jnp.asarray(rng.integers(0, 5, 32))
+    results = {}
+    for impl, (graph, params, stats) in splits.items():
+      (loss, (logits, new_stats)), grads = loss_and_grads(graph, params, stats, x, y)
+      results[impl] = logits, grads, new_stats
+      splits[impl][1] = jax.tree.map(lambda p, g: p - 0.5 * g, params, grads)
+      splits[impl][2] = new_stats
+    for got, expected in zip(results['ours'], results['flax']):
+      assert_trees_close(got, expected, **tolerance)
+  x = jnp.asarray(rng.normal(size=(7, 12)), jnp.float32)
+  outputs = {}
+  for impl, (graph, params, stats) in splits.items():
+    model = nnx.merge(graph, params, stats)
+    model.eval()
+    outputs[impl] = model(x)
+  np.testing.assert_allclose(outputs['ours'], outputs['flax'], **tolerance)
+
+
+@pytest.mark.parametrize('impl', ['flax', 'ours'])
+def test_eval_mode_batch_of_one_equals_the_example_inside_a_large_batch(impl):
+  model = make(True, bn_impl=impl)
+  model(jax.random.normal(jax.random.key(0), (64, 12)) + 1)  # Move the running stats.
+  model.eval()
+  x = jax.random.normal(jax.random.key(1), (200, 12))
+  batch = model(x)
+  for i in (0, 99, 199):
+    np.testing.assert_allclose(model(x[i:i + 1])[0], batch[i], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('impl', ['flax', 'ours'])
+def test_in_training_mode_a_batch_of_one_loses_its_input(impl):
+  # The contrast that makes evaluation mode necessary: x − μ_B = 0 for B = 1.
+  model = make(True, bn_impl=impl)
+  a = model(jax.random.normal(jax.random.key(2), (1, 12)))
+  b = model(jax.random.normal(jax.random.key(3), (1, 12)))
+  np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_omitted_bias_count_is_the_hidden_widths_with_batchnorm_only():
+  with_bn, without_bn = make(True), make(False)
+  assert models.omitted_bias_count(with_bn) == 16 + 8
+  assert models.omitted_bias_count(without_bn) == 0
+  assert (models.count_params(nnx.state(with_bn, nnx.Param))
+          + models.omitted_bias_count(with_bn)
+          == models.count_params(nnx.state(without_bn, nnx.Param)) + 2 * (16 + 8))
+
+
+def test_unknown_bn_impl_lists_the_valid_ones():
+  with pytest.raises(ValueError, match=r"'torch'.*\['flax', 'ours'\]"):
+    make(True, bn_impl='torch')

@@ -1,19 +1,24 @@
 import json
 import math
 
+import numpy as np
 import pytest
 
+from fundamentals import doctor
+from fundamentals import plots
 from fundamentals import rundir
 from fundamentals import train
 from fundamentals.config import Config
 
+# Diagnostics off unless a test is about them: their compiled step variant and figures
+# cost seconds per run on a 2-core CPU.
 TINY = dict(dataset='synthetic_fruits/small', hidden=(32,), batch_size=50, steps=40,
-            log_every=10, eval_every=20, lr=0.2)
+            log_every=10, eval_every=20, lr=0.2, diagnostics_every=0)
 
 
-def run(tmp_path, name, small_dataset, **overrides):
+def run(tmp_path, name, small_dataset, echo=lambda line: None, **overrides):
   config = Config(workdir=str(tmp_path / name), **{**TINY, **overrides})
-  return train.train(config, dataset=small_dataset, echo=lambda line: None)
+  return train.train(config, dataset=small_dataset, echo=echo)
 
 
 def test_run_writes_its_files_and_the_loss_decreases(tmp_path, small_dataset):
@@ -25,7 +30,12 @@ def test_run_writes_its_files_and_the_loss_decreases(tmp_path, small_dataset):
   assert [r['step'] for r in records] == [10, 20, 30, 40]
   assert records[-1]['train_loss'] < 0.7 * records[0]['train_loss']
   assert 'test_accuracy' in records[1] and 'test_accuracy' not in records[0]
-  assert json.loads((workdir / 'summary.json').read_text()) == pytest.approx(summary)
+  assert json.loads((workdir / 'summary.json').read_text()) == json.loads(
+      json.dumps(summary))
+  assert all('diagnostics' not in r for r in records)  # diagnostics_every=0
+  assert not (workdir / 'diagnostics.json').exists()
+  assert {p.name for p in workdir.glob('*.png')} == {'loss.png'}
+  assert '![Loss and accuracy](loss.png)' in (workdir / 'report.md').read_text()
   assert summary['status'] == 'completed' and summary['steps'] == 40
   assert summary['final_train_accuracy'] > 3 / 30  # well above chance (1/30)
   assert summary['expected_initial_loss'] == pytest.approx(math.log(30))
@@ -54,12 +64,18 @@ def test_same_seed_gives_the_same_numbers(tmp_path, small_dataset):
 
 def test_divergence_stops_cleanly_and_is_recorded(tmp_path, small_dataset):
   summary = run(tmp_path, 'd', small_dataset, lr=1e6, batchnorm=False, init='normal',
-                momentum=0.0, schedule='constant')
+                momentum=0.0, schedule='constant', diagnostics_every=5)
   assert summary['status'] == 'diverged'
-  assert summary['diverged_at_step'] in (10, 20, 30, 40)
+  records = rundir.read_jsonl(tmp_path / 'd' / 'metrics.jsonl')
+  # Stopped at the first record after the first non-finite step, which it names.
+  assert records[-1]['step'] - 5 < summary['diverged_at_step'] <= records[-1]['step']
+  assert records[-1]['train_loss'] == 'nan' and summary['steps'] == records[-1]['step']
   assert 'final_test_loss' not in summary
   saved = json.loads((tmp_path / 'd' / 'summary.json').read_text())
   assert saved['status'] == 'diverged'
+  assert saved['findings'][0]['rule'] == 'divergence'
+  assert saved['findings'][0]['severity'] == 'error'
+  assert (tmp_path / 'd' / 'report.md').exists() and (tmp_path / 'd' / 'loss.png').exists()
 
 
 def test_existing_run_is_never_overwritten_without_consent(tmp_path, small_dataset):
@@ -95,3 +111,69 @@ def test_config_round_trips_through_json():
   assert Config.from_json(config.to_json()) == config
   with pytest.raises(ValueError, match='hiden'):
     Config.from_dict({'hiden': [3]})
+
+
+def test_diagnostics_run_writes_every_output(tmp_path, small_dataset):
+  lines = []
+  summary = run(tmp_path, 'diag', small_dataset, echo=lines.append, hidden=(32, 16),
+                diagnostics_every=20)
+  workdir = tmp_path / 'diag'
+  records = rundir.read_jsonl(workdir / 'metrics.jsonl')
+  assert [r['step'] for r in records] == [10, 20, 30, 40]
+  assert ['diagnostics' in r for r in records] == [False, True, False, True]
+  measured = records[1]['diagnostics']
+  assert len(measured['layers']) == 2
+  assert set(measured['layers'][0]) == {'activation_mean', 'activation_std',
+                                        'preactivation_std', 'activation_grad_std',
+                                        'dead_fraction'}
+  assert set(measured['params']) == {'dense/0/kernel', 'dense/1/kernel', 'output/kernel'}
+  for stats in measured['params'].values():
+    assert set(stats) == {'weight_std', 'grad_std', 'grad_to_data', 'update_to_data'}
+    assert -6 < stats['update_to_data'] < 0
+  assert measured['grad_norm'] > 0 and measured['param_norm'] > 0
+
+  saved = json.loads((workdir / 'diagnostics.json').read_text())
+  assert (saved['init']['step'], saved['end']['step']) == (1, 40)
+  assert saved['end']['scalars'] == records[-1]['diagnostics']
+  histograms = saved['init']['histograms']
+  assert set(histograms) == {'activation', 'activation_grad', 'weight', 'weight_grad'}
+  assert set(histograms['activation']) == {'layer0', 'layer1'}
+  assert sum(histograms['activation']['layer0']['counts']) == 50 * 32  # the whole batch
+
+  figures = {'loss.png', 'activation_histograms.png', 'gradient_histograms.png',
+             'update_to_data.png', 'dead_fraction.png'}
+  assert {p.name for p in workdir.glob('*.png')} == figures <= set(plots.FIGURES)
+  report = (workdir / 'report.md').read_text()
+  for name in figures:
+    assert f']({name})' in report
+  assert len(list(workdir.glob('events.out.tfevents.*'))) == 1
+
+  assert isinstance(summary['findings'], list)
+  assert doctor.examine_workdir(workdir) == json.loads(json.dumps(summary['findings']))
+  assert any(line.startswith('doctor at init:') for line in lines)
+  assert any(line.startswith('doctor:') for line in lines)
+
+
+def test_the_doctor_sees_a_saturated_tanh_network_and_passes_a_bn_relu_one(
+    tmp_path, small_dataset):
+  lines = []
+  naive = run(tmp_path, 'naive', small_dataset, echo=lines.append, hidden=(32, 16),
+              init='normal', activation='tanh', batchnorm=False, steps=10,
+              diagnostics_every=10)
+  assert 'saturation' in {f['rule'] for f in naive['findings']}
+  [init_line] = [line for line in lines if line.startswith('doctor at init')]
+  init_findings = lines[lines.index(init_line) + 1:]
+  assert any('saturation' in line for line in init_findings)
+  healthy = run(tmp_path, 'healthy', small_dataset, hidden=(32, 16), steps=10,
+                diagnostics_every=10)
+  assert not {'saturation', 'dead_units', 'gradient_flow', 'initial_loss'} & {
+      f['rule'] for f in healthy['findings']}
+
+
+def test_first_non_finite_step():
+  nan, inf = float('nan'), float('inf')
+  assert train.first_non_finite_step(np.array([1.0, 2.0]), first_step=11) is None
+  assert train.first_non_finite_step(np.array([1.0, inf, nan]), first_step=11) == 12
+  norms = {'grad_norm': nan, 'param_norm': 1.0}
+  assert train.first_non_finite_step(np.array([1.0, 2.0]), first_step=11,
+                                     scalars=norms) == 12

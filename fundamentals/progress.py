@@ -1,0 +1,99 @@
+"""Training progress: a tqdm bar on a terminal, plain periodic lines otherwise.
+
+On a terminal the bar shows the step, ETA and the latest loss, lr and examples/s,
+and the periodic lines scroll above it (``tqdm.write``). In CI logs and pipes there is
+no bar: only the lines, each with its own ETA.
+"""
+
+import sys
+import time
+from typing import Any, Callable, TextIO
+
+import tqdm
+
+
+class Progress:
+  """Reports a run of ``total_steps`` steps.
+
+  Args:
+    total_steps: steps of the run.
+    echo: where lines go when there is no bar.
+    bar: draw a bar; default: only when ``echo`` is ``print`` and ``file`` is a
+      terminal (a custom ``echo``, as tests and loggers pass, gets plain lines).
+    file: the bar's stream (default ``sys.stderr``).
+  """
+
+  def __init__(self, total_steps: int, *, echo: Callable[[str], Any] = print,
+               bar: bool | None = None, file: TextIO | None = None):
+    file = file or sys.stderr
+    if bar is None:
+      bar = echo is print and file.isatty()
+    self.total_steps = total_steps
+    self._echo = echo
+    self._start = time.time()
+    self._done = 0
+    self._bar = (tqdm.tqdm(total=total_steps, unit='step', file=file,
+                           dynamic_ncols=True, leave=False, mininterval=0.5)
+                 if bar else None)
+
+  @property
+  def has_bar(self) -> bool:
+    return self._bar is not None
+
+  def advance(self, steps: int = 1):
+    """Counts steps dispatched (cheap: no device sync)."""
+    self._done += steps
+    if self._bar is not None:
+      self._bar.update(steps)
+
+  def echo(self, line: str):
+    """Prints a line without breaking the bar."""
+    if self._bar is not None:
+      tqdm.tqdm.write(line, file=sys.stdout)
+    else:
+      self._echo(line)
+
+  def record(self, record: dict[str, Any]):
+    """Reports a metrics record: bar postfix (if any) and a line with the ETA."""
+    if self._bar is not None:
+      self._bar.set_postfix(loss=f'{record["train_loss"]:.4f}', lr=f'{record["lr"]:.3g}',
+                            ex_s=f'{record["examples_per_sec"]:,.0f}')
+    self.echo(format_record(record, self.total_steps, eta_s=self.eta_s(record['step'])))
+
+  def eta_s(self, step: int) -> float:
+    """Seconds left at the mean pace so far: elapsed/step · (total − step)."""
+    elapsed = time.time() - self._start
+    return elapsed / max(step, 1) * (self.total_steps - step)
+
+  def close(self):
+    if self._bar is not None:
+      self._bar.close()
+
+
+def format_record(record: dict[str, Any], total_steps: int, *,
+                  eta_s: float | None = None) -> str:
+  """'step  100/1500  loss 1.6115  acc 41.59%  lr 0.04946  5,630 ex/s  eta 41s | …'."""
+  line = (f'step {record["step"]:>{len(str(total_steps))}}/{total_steps}  '
+          f'loss {record["train_loss"]:.4f}  acc {record["train_accuracy"]:.2%}  '
+          f'lr {record["lr"]:.4g}  {record["examples_per_sec"]:,.0f} ex/s')
+  if eta_s is not None and record['step'] < total_steps:
+    line += f'  eta {format_duration(eta_s)}'
+  for split in ('validation', 'test'):
+    if f'{split}_loss' in record:
+      line += (f'  | {split} loss {record[f"{split}_loss"]:.4f} '
+               f'acc {record[f"{split}_accuracy"]:.2%}')
+  return line
+
+
+def format_duration(seconds: float) -> str:
+  """'42s', '3m05s', '1h02m'.
+
+  >>> format_duration(185)
+  '3m05s'
+  """
+  seconds = int(round(seconds))
+  if seconds < 60:
+    return f'{seconds}s'
+  if seconds < 3600:
+    return f'{seconds // 60}m{seconds % 60:02d}s'
+  return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m'

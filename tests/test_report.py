@@ -1,0 +1,51 @@
+import math
+
+from fundamentals import doctor
+from fundamentals import report
+from fundamentals.config import Config
+
+CONFIG = Config(hidden=(32, 16), activation='tanh', init='normal', batchnorm=False,
+                workdir='runs/x')
+SUMMARY = {'status': 'completed', 'diverged_at_step': None, 'steps': 40,
+           'initial_loss': 12.0, 'expected_initial_loss': math.log(30),
+           'final_train_loss': 0.5, 'final_train_accuracy': 0.9,
+           'final_test_loss': 2.0, 'final_test_accuracy': 0.4, 'num_params': 394334,
+           'examples_per_sec': 2000.0, 'wall_time_s': 12.3, 'workdir': 'runs/x'}
+FINDING = doctor.finding('initial_loss', 'warning', 'initial loss 12.000 is 3.5× ln N',
+                         {'ratio': 3.5}, 'scale the last layer down')
+
+
+def layers(saturated, grad_std):
+  return {'layers': [{'activation_std': 0.9, 'saturated_fraction': s,
+                      'activation_grad_std': g} for s, g in zip(saturated, grad_std)]}
+
+
+def test_report_has_the_table_findings_layers_figures_and_config():
+  text = report.markdown(
+      config=CONFIG, summary=SUMMARY, findings=[FINDING],
+      figures={'loss.png': 'Loss and accuracy', 'update_to_data.png': 'Update:data'},
+      diagnostics={'init': layers([0.9, 0.5], [1e-6, 1e-3]),
+                   'end': layers([0.95, 0.4], [2e-6, 1e-3])})
+  assert text.startswith('# Run report: `runs/x`\n')
+  assert '| initial loss | 12.0000 (ln N = 3.4012, ratio 3.53) |' in text
+  assert '| final test loss / accuracy | 2.0000 / 40.00% |' in text
+  assert '| parameters | 394,334 |' in text
+  assert ('- **warning** `initial_loss`: initial loss 12.000 is 3.5× ln N. '
+          '*Fix:* scale the last layer down.') in text
+  assert '| layer0 | 0.900 → 0.900 | 90.0% → 95.0% | 1.00e-06 → 2.00e-06 |' in text
+  assert '![Loss and accuracy](loss.png)' in text
+  assert '![Update:data](update_to_data.png)' in text
+  assert '| batchnorm | `False` |' in text
+
+
+def test_report_of_a_diverged_run_without_diagnostics():
+  summary = {**SUMMARY, 'status': 'diverged', 'diverged_at_step': 7,
+             'initial_loss': float('nan')}
+  for key in ('final_train_loss', 'final_test_loss'):
+    del summary[key]
+  text = report.markdown(config=CONFIG, summary=summary, findings=[], figures={},
+                         diagnostics={})
+  assert '| status | diverged |' in text and '| diverged at step | 7 |' in text
+  assert '| initial loss | nan' in text and 'final train' not in text
+  assert f'No findings: all {len(doctor.RULES)} rules pass.' in text
+  assert '## Layers' not in text
