@@ -4,8 +4,11 @@ Examples:
   python launch.py                                   # the reference BN-MLP run
   python launch.py --init=normal --activation=tanh --batchnorm=false
   python launch.py --experiment=list
+  python launch.py --init=normal,xavier,kaiming --activation=tanh,relu --seed=0,1 \
+      --workdir=runs/grid                            # a sweep: 12 runs, resumable
 """
 
+import dataclasses
 import logging
 import sys
 
@@ -18,9 +21,37 @@ from fundamentals import augment
 from fundamentals import batchnorm
 from fundamentals import initializers
 from fundamentals import schedules
+from fundamentals import sweep
+from fundamentals import train
 from fundamentals.config import OPTIMIZERS, Config
 
 _D = Config()  # Defaults live in one place: the Config dataclass.
+_CHOICES: dict[str, list[str]] = {}
+
+
+def _sweepable(name: str, default, help_text: str, *, choices=None):
+  """A flag that takes one value or a comma-separated list (a sweep axis)."""
+  if choices:
+    _CHOICES[name] = list(choices)
+    help_text += f' One or more of: {",".join(choices)}.'
+  flags.DEFINE_list(name, [sweep.format_value(default)],
+                    help_text + ' A comma-separated list sweeps it.')
+  flags.register_validator(name, lambda values: _valid_values(name, values))
+
+
+def _valid_values(name: str, values: list[str]) -> bool:
+  if not values:
+    raise flags.ValidationError(f'--{name} needs at least one value')
+  if name in _CHOICES:
+    unknown = [v for v in values if v not in _CHOICES[name]]
+    if unknown:
+      raise flags.ValidationError(
+          f'--{name}: unknown value(s) {unknown}; valid: {",".join(_CHOICES[name])}')
+  try:
+    sweep.parse_axes({name: values})
+  except ValueError as e:
+    raise flags.ValidationError(str(e)) from None
+  return True
 
 flags.DEFINE_string('experiment', _D.experiment,
                     'Experiment to run; "list" prints them all.')
@@ -40,43 +71,49 @@ flags.DEFINE_list('augment', list(_D.augment),
                   + ','.join(augment.AUGMENTATIONS) + ' (empty: none).')
 flags.DEFINE_list('hidden', [str(w) for w in _D.hidden],
                   'Comma-separated hidden-layer widths, e.g. 512,512,512.')
-flags.DEFINE_enum('activation', _D.activation, sorted(activations.ACTIVATIONS),
-                  'Hidden-layer activation.')
-flags.DEFINE_enum('init', _D.init, initializers.names(),
-                  'Hidden-kernel initializer (Kaiming and orthogonal take the '
-                  'activation gain; LeCun and Xavier use gain 1).')
-flags.DEFINE_enum('output_init', _D.output_init, ['same', *initializers.names()],
-                  'Output-kernel initializer; "same" = --init with linear gain.')
-flags.DEFINE_float('output_scale', _D.output_scale,
+_sweepable('activation', _D.activation, 'Hidden-layer activation.',
+           choices=sorted(activations.ACTIVATIONS))
+_sweepable('init', _D.init, 'Hidden-kernel initializer (Kaiming and orthogonal take '
+           'the activation gain; LeCun and Xavier use gain 1).',
+           choices=initializers.names())
+_sweepable('output_init', _D.output_init,
+           'Output-kernel initializer; "same" = --init with linear gain.',
+           choices=['same', *initializers.names()])
+_sweepable('output_scale', _D.output_scale,
                    'Factor on the output kernel at init (0.01-0.1 keeps the initial '
                    'loss near ln N; 1 shows overconfident logits).')
-flags.DEFINE_boolean('batchnorm', _D.batchnorm,
-                     'BatchNorm after each hidden Dense (which then has no bias).')
-flags.DEFINE_float('bn_momentum', _D.bn_momentum,
-                   'alpha of the BN running averages mu <- alpha*mu + (1-alpha)*mu_B.')
+_sweepable('batchnorm', _D.batchnorm,
+           'BatchNorm after each hidden Dense (which then has no bias): true/false.')
+_sweepable('bn_momentum', _D.bn_momentum,
+           'alpha of the BN running averages mu <- alpha*mu + (1-alpha)*mu_B.')
 flags.DEFINE_float('bn_epsilon', _D.bn_epsilon, 'epsilon added to the BN variance.')
-flags.DEFINE_enum('bn_impl', _D.bn_impl, sorted(batchnorm.IMPLEMENTATIONS),
-                  'BatchNorm layer: Flax\'s nnx.BatchNorm or ours '
-                  '(fundamentals/batchnorm.py); identical results.')
-flags.DEFINE_enum('optimizer', _D.optimizer, list(OPTIMIZERS),
-                  'sgd: optax SGD on jax.grad; manual_sgd: the hand-written backward '
-                  'pass and update (fundamentals/backprop.py); equal up to rounding.')
-flags.DEFINE_float('lr', _D.lr, 'Peak learning rate.')
-flags.DEFINE_float('momentum', _D.momentum, 'SGD momentum (0 for plain SGD).')
-flags.DEFINE_enum('schedule', _D.schedule, sorted(schedules.SCHEDULES),
-                  'Learning-rate schedule.')
-flags.DEFINE_integer('warmup_steps', _D.warmup_steps, 'Linear warmup steps.')
-flags.DEFINE_integer('steps', _D.steps, 'Training steps.')
-flags.DEFINE_integer('batch_size', _D.batch_size, 'Training batch size.')
+_sweepable('bn_impl', _D.bn_impl, 'BatchNorm layer: Flax\'s nnx.BatchNorm or ours '
+           '(fundamentals/batchnorm.py); identical results.',
+           choices=sorted(batchnorm.IMPLEMENTATIONS))
+_sweepable('optimizer', _D.optimizer,
+           'sgd: optax SGD on jax.grad; manual_sgd: the hand-written backward '
+           'pass and update (fundamentals/backprop.py); equal up to rounding.',
+           choices=list(OPTIMIZERS))
+_sweepable('lr', _D.lr, 'Peak learning rate.')
+_sweepable('momentum', _D.momentum, 'SGD momentum (0 for plain SGD).')
+_sweepable('schedule', _D.schedule, 'Learning-rate schedule.',
+           choices=sorted(schedules.SCHEDULES))
+_sweepable('warmup_steps', _D.warmup_steps, 'Linear warmup steps.')
+_sweepable('steps', _D.steps, 'Training steps.')
+_sweepable('batch_size', _D.batch_size, 'Training batch size.')
 flags.DEFINE_integer('log_every', _D.log_every, 'Steps between metrics records.')
 flags.DEFINE_integer('eval_every', _D.eval_every, 'Steps between test evaluations.')
 flags.DEFINE_integer('diagnostics_every', _D.diagnostics_every,
                      'Steps between per-layer diagnostics (activation/gradient '
                      'statistics, update:data ratios, histograms); 0 turns them off.')
-flags.DEFINE_integer('seed', _D.seed, 'Random seed (init and shuffling).')
+_sweepable('seed', _D.seed, 'Random seed (init and shuffling).')
 flags.DEFINE_string('workdir', _D.workdir,
                     'Run directory (default: runs/<timestamp>-<experiment>).')
 flags.DEFINE_boolean('overwrite', False, 'Replace a run already in --workdir.')
+flags.DEFINE_string('sweep_shard', '0/1',
+                    'k/n: run only sweep members k, k+n, k+2n, ... (for job arrays).')
+flags.DEFINE_boolean('summarize', False,
+                     'Only collect the results of the sweep in --workdir (all shards).')
 flags.DEFINE_list('sp_inits', list(_D.sp_inits),
                   'signal_propagation: initializers to compare (names as --init, or '
                   'lsuv).')
@@ -118,24 +155,39 @@ def _valid_augment(names):
   return True
 
 
-def config_from_flags() -> Config:
-  """The one place flags become a Config; invalid combinations raise ValueError."""
-  return Config(
-      experiment=FLAGS.experiment, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
-      validation_fraction=FLAGS.validation_fraction, image_size=FLAGS.image_size,
-      augment=tuple(FLAGS.augment),
-      hidden=tuple(int(w) for w in FLAGS.hidden), activation=FLAGS.activation,
-      init=FLAGS.init, output_init=FLAGS.output_init, output_scale=FLAGS.output_scale,
-      batchnorm=FLAGS.batchnorm, bn_momentum=FLAGS.bn_momentum,
-      bn_epsilon=FLAGS.bn_epsilon, bn_impl=FLAGS.bn_impl, optimizer=FLAGS.optimizer,
-      lr=FLAGS.lr, momentum=FLAGS.momentum,
-      schedule=FLAGS.schedule, warmup_steps=FLAGS.warmup_steps, steps=FLAGS.steps,
-      batch_size=FLAGS.batch_size, log_every=FLAGS.log_every,
-      eval_every=FLAGS.eval_every, diagnostics_every=FLAGS.diagnostics_every,
-      seed=FLAGS.seed, workdir=FLAGS.workdir,
-      sp_inits=tuple(FLAGS.sp_inits), sp_activations=tuple(FLAGS.sp_activations),
-      sp_depth=FLAGS.sp_depth, sp_width=FLAGS.sp_width,
-      sp_batchnorm=FLAGS.sp_batchnorm, sp_draws=FLAGS.sp_draws)
+def config_from_flags() -> tuple[Config, dict[str, list]]:
+  """The one place flags become a Config: (base config, sweep axes with >1 value).
+
+  Invalid values or combinations raise ValueError.
+  """
+  values, axes = {}, {}
+  for field in dataclasses.fields(Config):
+    if field.name not in FLAGS:
+      continue
+    value = FLAGS[field.name].value
+    if field.name in sweep.SWEEPABLE:
+      parsed = sweep.parse_axes({field.name: value})[field.name]
+      value = parsed[0]
+      if len(parsed) > 1:
+        axes[field.name] = parsed
+    elif field.name == 'hidden':
+      value = tuple(int(w) for w in value)
+    elif isinstance(value, list):
+      value = tuple(value)
+    values[field.name] = value
+  return Config(**values), axes
+
+
+def run_sweep(base: Config, axes: dict[str, list]):
+  if base.experiment != 'train':
+    sys.exit(f'launch.py: sweeps vary the train experiment; --experiment={base.experiment} '
+             f'takes single values, but {sorted(axes)} have several')
+  workdir = base.workdir or train.default_workdir(dataclasses.replace(
+      base, experiment='sweep'))
+  print(f'sweep directory {workdir}; re-run the same command with --workdir={workdir} '
+        'to resume')
+  sweep.run(base, axes, workdir=workdir, run_member=train.train,
+            shard_spec=sweep.parse_shard(FLAGS.sweep_shard), overwrite=FLAGS.overwrite)
 
 
 def main(argv):
@@ -144,12 +196,24 @@ def main(argv):
   if FLAGS.experiment == 'list':
     print(experiments.describe())
     return
+  if FLAGS.summarize:
+    if not FLAGS.workdir:
+      sys.exit('launch.py: --summarize needs the sweep\'s --workdir')
+    sweep.summarize(FLAGS.workdir)
+    return
   try:
-    config = config_from_flags()
+    config, axes = config_from_flags()
+    sweep.parse_shard(FLAGS.sweep_shard)
   except ValueError as e:
     sys.exit(f'launch.py: invalid flags: {e}')
   # JAX logs at INFO each accelerator backend it fails to find; only its warnings matter.
   logging.getLogger('jax._src.xla_bridge').setLevel(logging.WARNING)
+  if axes:
+    try:
+      run_sweep(config, axes)
+    except (ValueError, FileExistsError) as e:
+      sys.exit(f'launch.py: {e}')
+    return
   experiments.get_experiment(config.experiment)(config, overwrite=FLAGS.overwrite)
 
 

@@ -18,6 +18,9 @@ import pathlib
 import statistics
 from typing import Any, Callable, Sequence
 
+from matplotlib.figure import Figure
+import numpy as np
+
 from fundamentals import rundir
 from fundamentals.config import Config
 
@@ -50,20 +53,22 @@ def parse_axes(values: dict[str, Sequence[str]]) -> dict[str, list[Any]]:
     try:
       axes[field] = [SWEEPABLE[field](v) for v in raw]
     except (ValueError, KeyError):
-      raise ValueError(f'--{field}={",".join(raw)}: cannot parse every value as '
-                       f'{field}') from None
+      kind = {str: 'a name', int: 'an integer', float: 'a number'}.get(
+          SWEEPABLE[field], 'true or false')
+      raise ValueError(f'--{field}={",".join(raw)}: every value must be {kind}') from None
     if len(set(axes[field])) != len(axes[field]):
       raise ValueError(f'--{field}={",".join(raw)} repeats a value')
   return axes
 
 
-def _format(value: Any) -> str:
+def format_value(value: Any) -> str:
+  """A setting as a flag value: booleans as true/false."""
   return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def member_name(settings: dict[str, Any]) -> str:
   """``field-value`` pairs of the varied settings, joined by ``__``."""
-  return '__'.join(f'{k}-{_format(v)}' for k, v in settings.items()) or 'single'
+  return '__'.join(f'{k}-{format_value(v)}' for k, v in settings.items()) or 'single'
 
 
 def expand(base: Config, axes: dict[str, list[Any]], *, workdir: str | pathlib.Path
@@ -108,7 +113,7 @@ def shard(members: list[Member], k: int, n: int) -> list[Member]:
 
 
 def plan(members: list[Member], axes: dict[str, list[Any]], mine: list[Member]) -> str:
-  varied = ', '.join(f'{k} ({len(v)}: {",".join(map(_format, v))})'
+  varied = ', '.join(f'{k} ({len(v)}: {",".join(map(format_value, v))})'
                      for k, v in axes.items() if len(v) > 1)
   return (f'sweep: {len(members)} runs varying {varied or "nothing"}; this job runs '
           f'{len(mine)}')
@@ -144,8 +149,8 @@ def run(base: Config, axes: dict[str, list[Any]], *, workdir: str | pathlib.Path
         overwrite: bool = False, echo: Callable[[str], Any] = print) -> list[dict[str, Any]]:
   """Runs this shard's unfinished members, then collects and writes the results."""
   workdir = pathlib.Path(workdir)
+  members = expand(base, axes, workdir=workdir)  # Validates before anything is written.
   workdir.mkdir(parents=True, exist_ok=True)
-  members = expand(base, axes, workdir=workdir)
   mine = shard(members, *shard_spec)
   echo(plan(members, axes, mine))
   write_manifest(workdir, base, axes, members, overwrite=overwrite)
@@ -178,10 +183,50 @@ def summarize(workdir: str | pathlib.Path, *, echo: Callable[[str], Any] = print
   varied = list(manifest['members'][0]['settings']) if manifest['members'] else []
   _write_csv(workdir / 'results.csv', rows)
   groups = aggregate(rows, varied)
-  (workdir / 'results.md').write_text(results_markdown(rows, groups, varied))
+  figures = save_figures(workdir, rows, groups, varied)
+  markdown = results_markdown(rows, groups, varied)
+  markdown += ''.join(f'\n![{name}]({name})\n' for name in figures)
+  (workdir / 'results.md').write_text(markdown)
   done = sum(r['status'] in FINISHED for r in rows)
-  echo(f'{done}/{len(rows)} members finished; wrote {workdir}/results.csv, results.md')
+  echo(f'{done}/{len(rows)} members finished; wrote {workdir}/results.csv, results.md'
+       + ''.join(f', {name}' for name in figures))
   return rows
+
+
+def heatmap_axes(varied: list[str]) -> tuple[str, str | None, list[str]] | None:
+  """(row, column, panel keys) of the heatmaps: init × activation when both vary."""
+  keys = [k for k in varied if k != 'seed']
+  if not keys:
+    return None
+  row = 'init' if 'init' in keys else keys[0]
+  rest = [k for k in keys if k != row]
+  column = 'activation' if 'activation' in rest else (rest[0] if rest else None)
+  return row, column, [k for k in rest if k != column]
+
+
+def save_figures(workdir: pathlib.Path, rows, groups, varied) -> list[str]:
+  """Heatmaps of test accuracy and initial loss, and all loss curves; returns names."""
+  written = []
+  layout = heatmap_axes(varied)
+  if layout:
+    row, column, panel_keys = layout
+    for metric, fmt, name in (('final_test_accuracy', '{:.0%}', 'heatmap_test_accuracy.png'),
+                              ('initial_loss', '{:.2f}', 'heatmap_initial_loss.png')):
+      if any(g[metric][0] is not None for g in groups):
+        fig = sweep_heatmap_figure(groups, metric=metric, row=row, column=column,
+                                   panel_keys=panel_keys, fmt=fmt,
+                                   title=f'{metric} (mean over seeds)')
+        fig.savefig(workdir / name, dpi=90)
+        written.append(name)
+  curves = {}
+  for r in rows:
+    path = workdir / r['member'] / 'metrics.jsonl'
+    if path.exists():
+      curves[r['member']] = rundir.read_jsonl(path)
+  if curves:
+    overlaid_loss_figure(curves).savefig(workdir / 'loss_curves.png', dpi=90)
+    written.append('loss_curves.png')
+  return written
 
 
 def _inactive_fractions(summary: dict[str, Any]) -> dict[str, Any]:
@@ -249,8 +294,69 @@ def results_markdown(rows, groups, varied) -> str:
               '| ' + ' | '.join(keys) + ' | seeds | diverged | initial loss | test acc | test loss |',
               '| ' + ' | '.join('---' for _ in keys) + ' | --- | --- | --- | --- | --- |']
     for g in groups:
-      lines.append('| ' + ' | '.join(_format(g[k]) for k in keys) +
+      lines.append('| ' + ' | '.join(format_value(g[k]) for k in keys) +
                    f' | {g["n"]}/{g["of"]} | {g["diverged"]} | {_pm(g["initial_loss"])} | '
                    f'{_pm(g["final_test_accuracy"], "{:.2%}")} | '
                    f'{_pm(g["final_test_loss"])} |')
   return '\n'.join(lines) + '\n'
+
+
+def sweep_heatmap_figure(groups: list[dict[str, Any]], *, metric: str, row: str,
+                         column: str | None, panel_keys: list[str],
+                         fmt: str = '{:.2f}', title: str = '') -> Figure:
+  """Heatmap of a seed-averaged ``metric`` over ``row`` × ``column``, one panel per
+  combination of the other varied settings (``panel_keys``); cells whose members all
+  diverged read 'none'."""
+  cell = lambda g: g[column] if column else ''
+  rows = list(dict.fromkeys(g[row] for g in groups))
+  columns = list(dict.fromkeys(cell(g) for g in groups))
+  panels = list(dict.fromkeys(tuple(g[k] for k in panel_keys) for g in groups))
+  fig = Figure(figsize=(1.2 + 1.3 * len(columns) * len(panels), 1.0 + 0.6 * len(rows)),
+               layout='constrained')
+  axes = fig.subplots(1, len(panels), squeeze=False)[0]
+  values = [g[metric][0] for g in groups if g[metric][0] is not None]
+  vmin, vmax = (min(values), max(values)) if values else (0.0, 1.0)
+  for ax, panel in zip(axes, panels):
+    grid = np.full((len(rows), len(columns)), np.nan)
+    for g in groups:
+      if tuple(g[k] for k in panel_keys) == panel and g[metric][0] is not None:
+        grid[rows.index(g[row]), columns.index(cell(g))] = g[metric][0]
+    image = ax.imshow(grid, cmap='viridis', vmin=vmin, vmax=vmax, aspect='auto')
+    for (i, j), value in np.ndenumerate(grid):
+      ax.text(j, i, 'none' if np.isnan(value) else fmt.format(value), ha='center',
+              va='center', fontsize=8,
+              color='white' if not np.isnan(value) and value < (vmin + vmax) / 2
+              else 'black')
+    ax.set_xticks(range(len(columns)), [format_value(c) for c in columns])
+    ax.set_yticks(range(len(rows)), [format_value(r) for r in rows])
+    ax.set_xlabel(column or '')
+    ax.set_ylabel(row)
+    ax.set_title(', '.join(f'{k}={format_value(v)}' for k, v in zip(panel_keys, panel))
+                 or metric,
+                 fontsize=9)
+  fig.colorbar(image, ax=list(axes), shrink=0.8, label=metric)
+  if title:
+    fig.suptitle(title)
+  return fig
+
+
+def _finite(value) -> bool:
+  return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def overlaid_loss_figure(curves: dict[str, list[dict[str, Any]]], *,
+                         expected_initial_loss: float | None = None) -> Figure:
+  """Training loss of every sweep member against step, on one log-scale axis."""
+  fig = Figure(figsize=(9, 5), layout='constrained')
+  ax = fig.subplots()
+  for name, records in curves.items():
+    steps = [r['step'] for r in records if _finite(r.get('train_loss'))]
+    ax.plot(steps, [r['train_loss'] for r in records if _finite(r.get('train_loss'))],
+            label=name, linewidth=1)
+  if expected_initial_loss is not None:
+    ax.axhline(expected_initial_loss, color='gray', linestyle=':', label='ln N')
+  ax.set(xlabel='step', ylabel='train loss', yscale='log', title='all members')
+  ax.grid(alpha=0.3)
+  if len(curves) <= 24:
+    ax.legend(fontsize=6, ncol=2)
+  return fig

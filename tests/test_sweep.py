@@ -44,11 +44,12 @@ def test_grid_is_the_cartesian_product_named_by_what_varies(tmp_path):
 def test_invalid_combinations_are_all_reported_before_anything_runs(tmp_path):
   axes = sweep.parse_axes({'warmup_steps': ['0', '10'], 'steps': ['5', '20']})
   with pytest.raises(ValueError, match='1 invalid sweep member') as info:
-    sweep.expand(BASE, axes, workdir=tmp_path)
+    sweep.run(BASE, axes, workdir=tmp_path / 'never', run_member=fake_member([]))
   assert 'warmup_steps-10__steps-5' in str(info.value)
+  assert not (tmp_path / 'never').exists()
   with pytest.raises(ValueError, match="'hidden' cannot be swept"):
     sweep.parse_axes({'hidden': ['8']})
-  with pytest.raises(ValueError, match='--lr=0.1,fast'):
+  with pytest.raises(ValueError, match='--lr=0.1,fast: every value must be a number'):
     sweep.parse_axes({'lr': ['0.1', 'fast']})
 
 
@@ -112,3 +113,38 @@ def test_summarize_collects_the_shards_of_other_jobs(tmp_path):
               echo=print)
   rows = sweep.summarize(tmp_path, echo=print)
   assert [r['status'] for r in rows] == ['completed'] * 4
+
+
+def test_heatmaps_put_init_by_activation_with_a_panel_per_other_setting():
+  assert sweep.heatmap_axes(['seed', 'activation', 'batchnorm', 'init']) == (
+      'init', 'activation', ['batchnorm'])
+  assert sweep.heatmap_axes(['lr', 'seed']) == ('lr', None, [])
+  assert sweep.heatmap_axes(['seed']) is None
+
+
+def test_a_real_sweep_through_launch_writes_results_and_figures_and_resumes(tmp_path, data_dir):
+  from test_launch import launch  # pylint: disable=g-import-not-at-top
+  args = ['--dataset=synthetic_fruits/small', f'--data_dir={data_dir}', '--hidden=8',
+          '--steps=6', '--batch_size=50', '--log_every=3', '--eval_every=6',
+          '--diagnostics_every=0', '--init=normal,kaiming', '--activation=tanh,relu',
+          '--batchnorm=false,true', '--lr=0.1,100000', '--momentum=0',
+          f'--workdir={tmp_path}']
+  first = launch(*args, '--sweep_shard=0/2')
+  assert first.returncode == 0, first.stderr
+  assert 'sweep: 16 runs varying' in first.stdout
+  for axis in ('init (2: normal,kaiming)', 'activation (2: tanh,relu)', 'batchnorm (2: false,true)'):
+    assert axis in first.stdout
+  assert 'this job runs 8' in first.stdout
+  second = launch(*args)
+  assert second.returncode == 0, second.stderr
+  assert second.stdout.count('finished earlier, skipped') == 8
+  with open(tmp_path / 'results.csv') as f:
+    rows = list(csv.DictReader(f))
+  assert len(rows) == 16 and all(r['status'] in ('completed', 'diverged') for r in rows)
+  assert any(r['status'] == 'diverged' for r in rows if r['lr'] == '100000.0')
+  for name in ('heatmap_test_accuracy.png', 'heatmap_initial_loss.png', 'loss_curves.png'):
+    assert (tmp_path / name).stat().st_size > 5000
+  assert '![heatmap_test_accuracy.png](heatmap_test_accuracy.png)' in (
+      tmp_path / 'results.md').read_text()
+  summarized = launch('--summarize', f'--workdir={tmp_path}')
+  assert summarized.returncode == 0 and '16/16 members finished' in summarized.stdout
