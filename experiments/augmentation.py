@@ -18,12 +18,8 @@ DEFAULT_AUGMENT = ('flip', 'crop', 'rotate', 'color')
 
 def run(config: Config, *, overwrite: bool = False) -> dict[str, Any]:
   """With vs without augmentation: curves, final accuracies and the generalization gap."""
-  workdir = rundir.create(config.workdir or train.default_workdir(config),
-                          overwrite=overwrite)
-  rundir.write_json(workdir / 'config.json', config.to_dict())
-  dataset = data.load(config.dataset, data_dir=config.data_dir,
-                      validation_fraction=config.validation_fraction,
-                      image_size=config.image_size)
+  workdir = rundir.start(config, overwrite=overwrite)
+  dataset = data.load_configured(config)
   variants = {'none': (), 'augmented': config.augment or DEFAULT_AUGMENT}
   results = {}
   for name, names in variants.items():

@@ -34,12 +34,8 @@ FD_COORDINATES_PER_LEAF = 3
 
 def run(config: Config, *, overwrite: bool = False) -> dict[str, Any]:
   """Hand-written backprop vs jax.grad and finite differences; manual vs optax SGD."""
-  workdir = rundir.create(config.workdir or train.default_workdir(config),
-                          overwrite=overwrite)
-  rundir.write_json(workdir / 'config.json', config.to_dict())
-  dataset = data.load(config.dataset, data_dir=config.data_dir,
-                      validation_fraction=config.validation_fraction,
-                      image_size=config.image_size)
+  workdir = rundir.start(config, overwrite=overwrite)
+  dataset = data.load_configured(config)
   model = train.create_model(config, dataset, jax.random.key(config.seed))
   x = data.normalize(jnp.asarray(dataset.train_images[:config.batch_size]),
                      dataset.mean, dataset.std)

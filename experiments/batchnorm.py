@@ -70,13 +70,9 @@ def member_name(*, batchnorm: bool, init: str, activation: str, lr: float) -> st
 def run(config: Config, *, overwrite: bool = False) -> dict[str, Any]:
   """BN vs no BN (init × activation × lr), inference modes and the momentum α study."""
   start = time.time()
-  workdir = rundir.create(config.workdir or train.default_workdir(config),
-                          overwrite=overwrite)
-  rundir.write_json(workdir / 'config.json', config.to_dict())
+  workdir = rundir.start(config, overwrite=overwrite)
   config = with_quick_defaults(config)
-  dataset = data_lib.load(config.dataset, data_dir=config.data_dir,
-                          validation_fraction=config.validation_fraction,
-                          image_size=config.image_size)
+  dataset = data_lib.load_configured(config)
   base = dataclasses.replace(config, experiment='train')
 
   def fit(member: Config, subdir: str) -> train.Fit:

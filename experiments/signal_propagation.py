@@ -66,10 +66,8 @@ class Case:
 def run(config: Config, *, overwrite: bool = False) -> dict[str, Any]:
   """Signal propagation at init: measured vs mean-field theory, per layer."""
   start = time.time()
-  workdir = rundir.create(config.workdir or train.default_workdir(config),
-                          overwrite=overwrite)
-  rundir.write_json(workdir / 'config.json', config.to_dict())
-  dataset = data_lib.load(config.dataset, data_dir=config.data_dir)
+  workdir = rundir.start(config, overwrite=overwrite)
+  dataset = data_lib.load_configured(config)
   if config.batch_size > len(dataset.train_labels):
     raise ValueError(f'batch_size={config.batch_size} exceeds the '
                      f'{len(dataset.train_labels)} training examples of {dataset.name}')

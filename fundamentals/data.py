@@ -80,6 +80,19 @@ def normalize(images: jax.Array, mean: jax.Array, std: jax.Array) -> jax.Array:
   return x.reshape(x.shape[0], -1)
 
 
+def padded_batches(images: np.ndarray, batch_size: int):
+  """Yields ``(batch, mask)`` over consecutive examples; the last batch is padded with
+  zeros to ``batch_size`` (one compiled shape) and ``mask`` marks the real examples."""
+  for start in range(0, len(images), batch_size):
+    x = images[start:start + batch_size]
+    mask = np.ones(len(x), np.float32)
+    pad = batch_size - len(x)
+    if pad:
+      x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
+      mask = np.concatenate([mask, np.zeros(pad, np.float32)])
+    yield x, mask
+
+
 def _tensorflow_on_cpu_only():
   """Imports TensorFlow with every GPU hidden, so it never claims accelerator memory."""
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -200,3 +213,10 @@ def load(name: str = BUILTIN, *, data_dir: str | None = None,
             arrays['train_images'], arrays['train_labels'], validation_fraction)
   mean, std = channel_stats(arrays['train_images'])
   return Dataset(name=name, class_names=class_names, mean=mean, std=std, **arrays)
+
+
+def load_configured(config) -> Dataset:
+  """:func:`load` with the data settings of a ``Config``."""
+  return load(config.dataset, data_dir=config.data_dir,
+              validation_fraction=config.validation_fraction,
+              image_size=config.image_size)

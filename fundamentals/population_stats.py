@@ -133,18 +133,6 @@ def _stream(graph, params, batch_stats, batches, mean, std) -> list[Moments]:
   return total
 
 
-def _padded_batches(images: np.ndarray, batch_size: int):
-  """Consecutive batches, the last padded with zeros and masked out."""
-  for start in range(0, len(images), batch_size):
-    x = images[start:start + batch_size]
-    mask = np.ones(len(x), np.float32)
-    pad = batch_size - len(x)
-    if pad:
-      x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
-      mask = np.concatenate([mask, np.zeros(pad, np.float32)])
-    yield x, mask
-
-
 def _training_batches(images: np.ndarray, batch_size: int, key: jax.Array):
   """One epoch of full training batches in a random order, as the training loop draws."""
   perm = np.asarray(jax.random.permutation(key, len(images)))
@@ -206,7 +194,7 @@ def population_statistics(graphs, params: nnx.State, batch_stats: nnx.State,
   fixed = []
   for layer in range(len(read_statistics(batch_stats))):
     stats = with_statistics(batch_stats, fixed)
-    total = _stream(graphs.eval, params, stats, _padded_batches(images, batch_size),
+    total = _stream(graphs.eval, params, stats, data_lib.padded_batches(images, batch_size),
                     mean, std)
     fixed.append(batchnorm.Statistics(total[layer].mean, total[layer].var))
   return with_statistics(batch_stats, fixed)

@@ -1,5 +1,6 @@
 """The files of a run directory: config.json, metrics.jsonl, summary.json."""
 
+import datetime
 import json
 import math
 import os
@@ -31,6 +32,20 @@ def create(path: str | os.PathLike, *, overwrite: bool = False) -> pathlib.Path:
   path.mkdir(parents=True, exist_ok=True)
   if overwrite:
     (path / 'metrics.jsonl').unlink(missing_ok=True)
+  return path
+
+
+def default_path(experiment: str) -> str:
+  """``runs/<YYYYmmdd-HHMMSS>-<experiment>``: a new directory for every run."""
+  stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
+  return f'runs/{stamp}-{experiment}'
+
+
+def start(config, *, overwrite: bool = False) -> pathlib.Path:
+  """Creates the run directory of ``config`` (its ``workdir`` or a new default) and
+  writes ``config.json`` into it; returns the directory."""
+  path = create(config.workdir or default_path(config.experiment), overwrite=overwrite)
+  write_json(path / 'config.json', config.to_dict())
   return path
 
 
