@@ -10,6 +10,7 @@ so there is no per-step host work.
 
 import concurrent.futures
 import datetime
+import functools
 import pathlib
 import time
 from typing import Any, Callable, NamedTuple
@@ -271,6 +272,7 @@ def fit(config: Config, *, dataset: data_lib.Dataset | None = None,
 
   status, diverged_at = 'completed', None
   pending, records, last_time, last_step = [], [], time.time(), 0
+  host_work = []  # Callables run after the next step is dispatched.
   snapshots = {}  # 'init', 'end': (step, diagnostics scalars, samples)
   if overwrite:  # Outputs a new run might not rewrite (e.g. without diagnostics).
     for name in ('diagnostics.json', 'report.md', *plots.FIGURES):
@@ -304,6 +306,8 @@ def fit(config: Config, *, dataset: data_lib.Dataset | None = None,
                                 with_diagnostics=diagnose)
     pending.append(metrics)
     bar.advance()
+    while host_work:  # Written while the device runs the step just dispatched.
+      host_work.pop(0)()
     if not _is_record_step(done, config):
       continue
     fetched = jax.device_get(pending)
@@ -320,7 +324,8 @@ def fit(config: Config, *, dataset: data_lib.Dataset | None = None,
       scalars, samples = diagnostics.to_host(fetched[-1]['diagnostics'])
       record['diagnostics'] = scalars
       snapshots['end'] = (done, scalars, samples)
-      tensorboard_events.write_histograms(writer, done, samples)
+      host_work.append(functools.partial(
+          tensorboard_events.write_histograms, writer, done, samples))
     diverged_at = first_non_finite_step(step_losses, first_step=last_step + 1,
                                         scalars=record.get('diagnostics'))
     if diverged_at is not None:
@@ -334,15 +339,20 @@ def fit(config: Config, *, dataset: data_lib.Dataset | None = None,
     pending, last_time, last_step = [], now, done
     records.append(record)
     rundir.append_jsonl(workdir / 'metrics.jsonl', record)
-    tensorboard_events.write_record(writer, record)
+    host_work.append(functools.partial(tensorboard_events.write_record, writer, record))
     bar.record(record)
     if status == 'diverged':
       bar.echo(f'loss is not finite at step {diverged_at}: stopping (diverged)')
       break
   if init_future is not None:
     take_init_diagnostics()
+  for work in host_work:
+    work()
   bar.close()
   train_loop_s = time.time() - loop_start
+  # Drawn while the final evaluation runs on the device.
+  drawn = _draw_in_background(workdir, config=config, records=records,
+                              snapshots=snapshots, initial=initial)
 
   summary = {
       'status': status,
@@ -366,7 +376,7 @@ def fit(config: Config, *, dataset: data_lib.Dataset | None = None,
          f'{summary["final_test_loss"]:.4f} acc {summary["final_test_accuracy"]:.2%}')
   summary['workdir'] = str(workdir)
   _write_outputs(workdir, writer, config=config, summary=summary, records=records,
-                 snapshots=snapshots, start_time=start_time, echo=echo)
+                 drawn=drawn.result(), start_time=start_time, echo=echo)
   return Fit(summary, graphs, state)
 
 
@@ -390,10 +400,10 @@ def _measure_init_in_background(train_step: Callable, state: TrainState, images,
                                 perm, mean, std) -> concurrent.futures.Future:
   """The first step's diagnostics (the init), measured on a copy of the initial state.
 
-  A background thread runs that first step with ``with_diagnostics=True``, which also
-  compiles the diagnostics variant while training goes on with the ordinary one;
-  waiting for both compilations in turn would cost a few percent of a default run.
-  NNX and JAX keep their trace contexts per thread.
+  A background thread runs that first step with ``with_diagnostics=True``, so the
+  diagnostics variant compiles while training starts with the ordinary one (which
+  hides the compilation wherever a core is free, e.g. on an accelerator host; on a
+  busy 2-core CPU it saves little). NNX and JAX keep their trace contexts per thread.
   """
   initial = jax.tree.map(jnp.copy, state)  # Copied now: training donates ``state``.
 
@@ -402,8 +412,13 @@ def _measure_init_in_background(train_step: Callable, state: TrainState, images,
                             with_diagnostics=True)
     return jax.device_get(metrics['diagnostics'])
 
+  return _in_background(first_step)
+
+
+def _in_background(fn: Callable[[], Any]) -> concurrent.futures.Future:
+  """Runs ``fn()`` in a new thread; ``.result()`` returns its value or raises its error."""
   pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-  future = pool.submit(first_step)
+  future = pool.submit(fn)
   pool.shutdown(wait=False)
   return future
 
@@ -420,27 +435,40 @@ def _is_record_step(done: int, config: Config) -> bool:
           or _is_diagnostics_step(done, config))
 
 
+def _draw_in_background(workdir: pathlib.Path, *, config: Config,
+                        records: list[dict[str, Any]], snapshots: dict[str, tuple],
+                        initial: dict[str, float]) -> concurrent.futures.Future:
+  """Writes diagnostics.json and the figures in a thread; its result is
+  ``(diagnostics scalars per phase, {figure file: caption})``."""
+
+  def draw():
+    measured = {phase: {'step': step, 'scalars': scalars,
+                        'histograms': diagnostics.histograms(samples)}
+                for phase, (step, scalars, samples) in snapshots.items()}
+    if measured:
+      rundir.write_json(workdir / 'diagnostics.json', measured)
+    series = ([(measured['init']['step'], measured['init']['scalars'])]
+              if 'init' in measured else [])
+    series += [(r['step'], r['diagnostics']) for r in records if 'diagnostics' in r]
+    figures = plots.save_figures(
+        workdir, records=records, series=series,
+        histograms={phase: m['histograms'] for phase, m in measured.items()},
+        activation=config.activation,
+        unit_health=diagnostics.unit_health(config.activation), **initial)
+    return {phase: m['scalars'] for phase, m in measured.items()}, figures
+
+  return _in_background(draw)
+
+
 def _write_outputs(workdir: pathlib.Path, writer, *, config: Config,
                    summary: dict[str, Any], records: list[dict[str, Any]],
-                   snapshots: dict[str, tuple], start_time: float,
+                   drawn: tuple[dict[str, Any], dict[str, str]], start_time: float,
                    echo: Callable[[str], Any]):
-  """diagnostics.json, the doctor's findings, figures, summary.json and report.md."""
-  measured = {phase: {'step': step, 'scalars': scalars,
-                      'histograms': diagnostics.histograms(samples)}
-              for phase, (step, scalars, samples) in snapshots.items()}
-  if measured:
-    rundir.write_json(workdir / 'diagnostics.json', measured)
-  scalars = {phase: m['scalars'] for phase, m in measured.items()}
+  """The doctor's findings, summary.json and report.md; closes the event file."""
+  scalars, figures = drawn
   findings = doctor.examine(doctor.Run(config, summary, records, scalars))
   _report_findings(echo, 'doctor', findings)
   summary['findings'] = findings
-  series = ([(measured['init']['step'], measured['init']['scalars'])] if 'init' in measured
-            else []) + [(r['step'], r['diagnostics']) for r in records if 'diagnostics' in r]
-  figures = plots.save_figures(
-      workdir, records=records, initial_loss=summary['initial_loss'],
-      expected_initial_loss=summary['expected_initial_loss'], series=series,
-      histograms={phase: m['histograms'] for phase, m in measured.items()},
-      activation=config.activation, unit_health=diagnostics.unit_health(config.activation))
   summary['wall_time_s'] = time.time() - start_time
   rundir.write_json(workdir / 'summary.json', summary)
   report.write(workdir / 'report.md', config=config, summary=summary, findings=findings,

@@ -119,6 +119,11 @@ def test_diagnostics_run_writes_every_output(tmp_path, small_dataset):
                 diagnostics_every=20)
   workdir = tmp_path / 'diag'
   records = rundir.read_jsonl(workdir / 'metrics.jsonl')
+  # Measuring does not change the training: the same numbers as without diagnostics.
+  plain = run(tmp_path, 'plain', small_dataset, hidden=(32, 16))
+  assert [r['train_loss'] for r in records] == [
+      r['train_loss'] for r in rundir.read_jsonl(tmp_path / 'plain' / 'metrics.jsonl')]
+  assert summary['final_test_loss'] == plain['final_test_loss']
   assert [r['step'] for r in records] == [10, 20, 30, 40]
   assert ['diagnostics' in r for r in records] == [False, True, False, True]
   measured = records[1]['diagnostics']
