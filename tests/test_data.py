@@ -76,3 +76,15 @@ def test_normalization_statistics_exclude_the_validation_split(data_dir):
   np.testing.assert_array_equal(ds.mean, mean)
   everything, _ = data.channel_stats(np.concatenate([ds.train_images, ds.validation_images]))
   assert not np.array_equal(ds.mean, everything)
+
+
+def test_run_summary_records_the_training_split_normalization(tmp_path, small_dataset):
+  from fundamentals import train  # pylint: disable=g-import-not-at-top
+  from fundamentals.config import Config  # pylint: disable=g-import-not-at-top
+  summary = train.train(Config(dataset='synthetic_fruits/small', hidden=(8,), steps=2,
+                               batch_size=50, diagnostics_every=0,
+                               workdir=str(tmp_path / 'run')),
+                        dataset=small_dataset, echo=lambda line: None)
+  np.testing.assert_allclose(summary['normalization']['mean'], small_dataset.mean)
+  np.testing.assert_allclose(summary['normalization']['std'], small_dataset.std)
+  assert summary['normalization']['train_examples'] == 600

@@ -118,15 +118,16 @@ def test_initial_loss_far_below_ln_n_is_an_error_about_a_leak():
   assert '--output_scale' in f['suggestion']
 
 
-def test_saturation_names_the_worst_layer_and_the_phase():
+def test_saturation_names_the_layers_and_the_phases():
   [f] = doctor.saturation(CASES['saturation'][0])
-  assert '93% of layer0\'s at init' in f['message'] and 'end' not in f['message']
+  assert 'layer0 93% at init (' in f['message'] and 'layer1' not in f['message']
+  assert 'end' not in f['message']
   assert f['evidence']['init'] == {'layer0': 0.93}
   both = doctor.Run(TANH, summary(), diagnostics={
       'init': scalars([layer(saturated_fraction=0.93), layer(saturated_fraction=0.2)]),
       'end': scalars([layer(saturated_fraction=0.2), layer(saturated_fraction=0.5)])})
   [f] = doctor.saturation(both)
-  assert "93% of layer0's at init; 50% of layer1's at the end of training" in f['message']
+  assert 'layer0 93% at init; layer1 50% at the end of training' in f['message']
 
 
 def test_update_to_data_says_which_way_and_ignores_the_schedule_tail():
