@@ -185,15 +185,8 @@ def evaluate(eval_step: Callable, state: TrainState, images: np.ndarray,
   n = len(labels)
   batch_size = min(batch_size, n)
   loss_sum, correct_sum = 0.0, 0.0
-  for start in range(0, n, batch_size):
-    x = images[start:start + batch_size]
-    y = labels[start:start + batch_size]
-    mask = np.ones(len(y), np.float32)
-    pad = batch_size - len(y)
-    if pad:
-      x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
-      y = np.concatenate([y, np.zeros(pad, y.dtype)])
-      mask = np.concatenate([mask, np.zeros(pad, np.float32)])
+  for (x, mask), (y, _) in zip(data_lib.padded_batches(images, batch_size),
+                               data_lib.padded_batches(labels, batch_size)):
     batch_loss, batch_correct = eval_step(state, x, y, mask, mean, std)
     loss_sum += float(batch_loss)
     correct_sum += float(batch_correct)

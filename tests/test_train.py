@@ -2,6 +2,7 @@ import json
 import math
 
 import numpy as np
+import jax
 import pytest
 
 from fundamentals import doctor
@@ -182,3 +183,17 @@ def test_first_non_finite_step():
   norms = {'grad_norm': nan, 'param_norm': 1.0}
   assert train.first_non_finite_step(np.array([1.0, 2.0]), first_step=11,
                                      scalars=norms) == 12
+
+
+def test_evaluate_is_independent_of_the_padded_batch_size(small_dataset):
+  config = Config(**{**TINY, 'hidden': (8,)})
+  model = train.create_model(config, small_dataset, jax.random.key(0))
+  tx, _ = train.create_optimizer(config)
+  graphs, state = train.split_model(model, tx)
+  eval_step = train.make_eval_step(graphs)
+  args = (small_dataset.test_images, small_dataset.test_labels, small_dataset.mean,
+          small_dataset.std)
+  whole = train.evaluate(eval_step, state, *args, batch_size=300)
+  padded = train.evaluate(eval_step, state, *args, batch_size=7)  # 43 batches, last 6 real
+  assert padded['loss'] == pytest.approx(whole['loss'], rel=1e-5)
+  assert padded['accuracy'] == pytest.approx(whole['accuracy'])
