@@ -98,16 +98,6 @@ def apply_model(graph: nnx.GraphDef, params, batch_stats, x):
   return logits, nnx.state(model, nnx.BatchStat)
 
 
-DIAGNOSTICS_COMPILER_OPTIONS = {'xla_backend_optimization_level': 1}
-"""XLA options of the diagnostics variant of the train step.
-
-That variant runs every ``diagnostics_every`` steps but is compiled once per run, and
-the compilation is most of what diagnostics cost. LLVM at -O1 instead of -O2
-compiles it about 25% faster and, unlike -O0, leaves its update bit for bit equal to
-the ordinary variant's (tested), so measuring does not change the run.
-"""
-
-
 def make_train_step(graphs: Graphs, tx: optax.GradientTransformation, *,
                     batch_size: int, augment: Callable | None = None,
                     augment_key: jax.Array | None = None) -> Callable:
@@ -150,17 +140,7 @@ def make_train_step(graphs: Graphs, tx: optax.GradientTransformation, *,
           new_params=params)
     return TrainState(state.step + 1, params, batch_stats, opt_state), metrics
 
-  ordinary = jax.jit(functools.partial(train_step, with_diagnostics=False),
-                     donate_argnums=0)
-  measuring = jax.jit(functools.partial(train_step, with_diagnostics=True),
-                      donate_argnums=0, compiler_options=DIAGNOSTICS_COMPILER_OPTIONS)
-
-  def step(state: TrainState, images, labels, perm, position, mean, std, *,
-           with_diagnostics: bool = False):
-    return (measuring if with_diagnostics else ordinary)(
-        state, images, labels, perm, position, mean, std)
-
-  return step
+  return jax.jit(train_step, donate_argnums=0, static_argnames='with_diagnostics')
 
 
 def make_eval_step(graphs: Graphs) -> Callable:
