@@ -20,6 +20,7 @@ from fundamentals import activations
 from fundamentals import augment
 from fundamentals import batchnorm
 from fundamentals import initializers
+from fundamentals import rundir
 from fundamentals import schedules
 from fundamentals import sweep
 from fundamentals import train
@@ -182,8 +183,7 @@ def run_sweep(base: Config, axes: dict[str, list]):
   if base.experiment != 'train':
     sys.exit(f'launch.py: sweeps vary the train experiment; --experiment={base.experiment} '
              f'takes single values, but {sorted(axes)} have several')
-  workdir = base.workdir or train.default_workdir(dataclasses.replace(
-      base, experiment='sweep'))
+  workdir = base.workdir or rundir.default_path('sweep')
   print(f'sweep directory {workdir}; re-run the same command with --workdir={workdir} '
         'to resume')
   sweep.run(base, axes, workdir=workdir, run_member=train.train,

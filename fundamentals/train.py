@@ -9,7 +9,6 @@ so there is no per-step host work.
 """
 
 import concurrent.futures
-import datetime
 import functools
 import pathlib
 import time
@@ -188,11 +187,6 @@ def measure_initial_loss(graphs: Graphs, state: TrainState, dataset: data_lib.Da
       logits, jnp.asarray(dataset.train_labels[:num_examples])))
 
 
-def default_workdir(config: Config) -> str:
-  stamp = datetime.datetime.now().strftime('%Y%m%d-%H%M%S')
-  return f'runs/{stamp}-{config.experiment}'
-
-
 class Fit(NamedTuple):
   """What :func:`fit` returns: the summary and the final model, split."""
   summary: dict[str, Any]
@@ -219,12 +213,9 @@ def fit(config: Config, *, dataset: data_lib.Dataset | None = None,
   or gradient stops the run, marked ``diverged`` at the first non-finite step.
   """
   start_time = time.time()
-  workdir = rundir.create(config.workdir or default_workdir(config), overwrite=overwrite)
-  rundir.write_json(workdir / 'config.json', config.to_dict())
+  workdir = rundir.start(config, overwrite=overwrite)
   if dataset is None:
-    dataset = data_lib.load(config.dataset, data_dir=config.data_dir,
-                            validation_fraction=config.validation_fraction,
-                            image_size=config.image_size)
+    dataset = data_lib.load_configured(config)
   num_train = len(dataset.train_labels)
   if config.batch_size > num_train:
     raise ValueError(f'batch_size={config.batch_size} exceeds the {num_train} '
