@@ -21,6 +21,7 @@ from fundamentals import augment
 from fundamentals import batchnorm
 from fundamentals import initializers
 from fundamentals import rundir
+from fundamentals import runtime
 from fundamentals import schedules
 from fundamentals import sweep
 from fundamentals import train
@@ -115,6 +116,28 @@ flags.DEFINE_string('sweep_shard', '0/1',
                     'k/n: run only sweep members k, k+n, k+2n, ... (for job arrays).')
 flags.DEFINE_boolean('summarize', False,
                      'Only collect the results of the sweep in --workdir (all shards).')
+flags.DEFINE_boolean('vectorize', False,
+                     'Sweeps: train members that differ only in seed, init, output '
+                     'init/scale, lr or momentum together, vmapped in one jitted program '
+                     '(members of one structure share one compilation either way).')
+flags.DEFINE_boolean('data_parallel', _D.data_parallel,
+                     'Split each batch over all devices (of all hosts) when there are '
+                     'several; BatchNorm statistics stay those of the whole batch.')
+flags.DEFINE_enum('platform', '', list(runtime.PLATFORMS),
+                  'JAX platform to run on; empty: JAX chooses (an accelerator when '
+                  'present, else CPU).')
+flags.DEFINE_string('compilation_cache', runtime.default_compilation_cache(),
+                    'Directory of JAX\'s persistent compilation cache, so that later runs '
+                    'load compiled steps instead of compiling them (same numbers); empty '
+                    'turns it off.')
+flags.DEFINE_boolean('distributed', False,
+                     'Multi-host: call jax.distributed.initialize(), which detects the '
+                     'cluster (SLURM, Open MPI, TPU pods) from the environment.')
+flags.DEFINE_string('coordinator_address', '',
+                    'Multi-host without a detected cluster: host:port of process 0 '
+                    '(with --num_processes and --process_id).')
+flags.DEFINE_integer('num_processes', 0, 'Multi-host: number of processes (hosts).')
+flags.DEFINE_integer('process_id', -1, 'Multi-host: index of this process, 0-based.')
 flags.DEFINE_list('sp_inits', list(_D.sp_inits),
                   'signal_propagation: initializers to compare (names as --init, or '
                   'lsuv).')
@@ -187,6 +210,8 @@ def run_sweep(base: Config, axes: dict[str, list]):
   print(f'sweep directory {workdir}; re-run the same command with --workdir={workdir} '
         'to resume')
   sweep.run(base, axes, workdir=workdir, run_member=train.train,
+            run_group=train.train_group if FLAGS.vectorize else None,
+            group_key=train.canonical_config,
             shard_spec=sweep.parse_shard(FLAGS.sweep_shard), overwrite=FLAGS.overwrite)
 
 
@@ -204,6 +229,10 @@ def main(argv):
   try:
     config, axes = config_from_flags()
     sweep.parse_shard(FLAGS.sweep_shard)
+    runtime.configure(platform=FLAGS.platform, compilation_cache=FLAGS.compilation_cache,
+                      distributed=FLAGS.distributed,
+                      coordinator_address=FLAGS.coordinator_address,
+                      num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
   except ValueError as e:
     sys.exit(f'launch.py: invalid flags: {e}')
   # JAX logs at INFO each accelerator backend it fails to find; only its warnings matter.

@@ -58,11 +58,10 @@ def main(argv):
   config = Config(dataset=FLAGS.dataset, augment=tuple(FLAGS.augment))
   model = train.create_model(config, ds, jax.random.key(0))
   tx, _ = train.create_optimizer(config)
-  graphs, state = train.split_model(model, tx)
+  graphs, state = train.split_model(model, tx, augment_key=jax.random.key(1))
   from fundamentals import augment as augment_lib  # pylint: disable=g-import-not-at-top
   augment = augment_lib.make_augment(config.augment)
-  step = train.make_train_step(graphs, tx, batch_size=config.batch_size, augment=augment,
-                               augment_key=jax.random.key(1))
+  step = train.make_train_step(graphs, tx, batch_size=config.batch_size, augment=augment)
   images, labels = jax.device_put(ds.train_images), jax.device_put(ds.train_labels)
   perm = jax.random.permutation(jax.random.key(2), len(labels))
   mean, std = jnp.asarray(ds.mean), jnp.asarray(ds.std)

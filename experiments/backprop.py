@@ -109,6 +109,9 @@ def trajectory(config: Config, dataset: data.Dataset, optimizer: str, *, steps: 
     graphs, state = train.split_model(train.create_model(member, dataset, init_key), tx)
     state = jax.tree.map(
         lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, state)
+    # Made anew from the cast parameters: the optimizer's hyperparameters (lr,
+    # momentum) take their dtype, so that lr is exactly η in float64 too.
+    state = state._replace(opt_state=tx.init(state.params))
     train_step = train.make_train_step(graphs, tx, batch_size=config.batch_size)
     images = jax.device_put(dataset.train_images)
     labels = jax.device_put(dataset.train_labels)

@@ -37,6 +37,8 @@ class Config:
   warmup_steps: int = 0
   steps: int = 1500
   batch_size: int = 128
+  # Split each batch over all devices (all hosts) when there are several.
+  data_parallel: bool = True
   # Bookkeeping.
   log_every: int = 100
   eval_every: int = 500

@@ -144,23 +144,50 @@ def write_manifest(workdir: pathlib.Path, base: Config, axes: dict[str, list[Any
   rundir.write_json(path, manifest)
 
 
+def group(members: list[Member], key: Callable[[Config], Any]) -> list[list[Member]]:
+  """Members with equal ``key(config)``, in order of their first member."""
+  groups: dict[Any, list[Member]] = {}
+  for member in members:
+    groups.setdefault(key(member.config), []).append(member)
+  return list(groups.values())
+
+
 def run(base: Config, axes: dict[str, list[Any]], *, workdir: str | pathlib.Path,
-        run_member: Callable[..., dict[str, Any]], shard_spec: tuple[int, int] = (0, 1),
-        overwrite: bool = False, echo: Callable[[str], Any] = print) -> list[dict[str, Any]]:
-  """Runs this shard's unfinished members, then collects and writes the results."""
+        run_member: Callable[..., dict[str, Any]],
+        run_group: Callable[..., list[dict[str, Any]]] | None = None,
+        group_key: Callable[[Config], Any] | None = None,
+        shard_spec: tuple[int, int] = (0, 1), overwrite: bool = False,
+        echo: Callable[[str], Any] = print) -> list[dict[str, Any]]:
+  """Runs this shard's unfinished members, then collects and writes the results.
+
+  ``run_member(config, overwrite=True)`` trains one member. With ``run_group``, the
+  unfinished members with equal ``group_key(config)`` are trained together by
+  ``run_group(configs, overwrite=True)`` (e.g. vmapped, ``--vectorize``).
+  """
   workdir = pathlib.Path(workdir)
   members = expand(base, axes, workdir=workdir)  # Validates before anything is written.
   workdir.mkdir(parents=True, exist_ok=True)
   mine = shard(members, *shard_spec)
   echo(plan(members, axes, mine))
   write_manifest(workdir, base, axes, members, overwrite=overwrite)
+  todo = []
   for i, member in enumerate(mine, 1):
     if is_finished(member) and not overwrite:
       echo(f'[{i}/{len(mine)}] {member.name}: finished earlier, skipped')
-      continue
-    echo(f'[{i}/{len(mine)}] {member.name}')
-    # A member without a finished summary was interrupted: start it again.
-    run_member(member.config, overwrite=True)
+    else:  # Without a finished summary it never ran or was interrupted: (re)start it.
+      todo.append(member)
+  batches = group(todo, group_key) if run_group is not None else [[m] for m in todo]
+  done = len(mine) - len(todo)
+  for batch in batches:
+    names = ', '.join(m.name for m in batch)
+    if len(batch) == 1:
+      echo(f'[{done + 1}/{len(mine)}] {names}')
+      run_member(batch[0].config, overwrite=True)
+    else:
+      echo(f'[{done + 1}-{done + len(batch)}/{len(mine)}] {len(batch)} members '
+           f'together: {names}')
+      run_group([m.config for m in batch], overwrite=True)
+    done += len(batch)
   return summarize(workdir, echo=echo)
 
 

@@ -9,10 +9,12 @@ so there is no per-step host work.
 """
 
 import concurrent.futures
+import dataclasses
 import functools
 import pathlib
+import tempfile
 import time
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -31,9 +33,18 @@ from fundamentals import plots
 from fundamentals import progress
 from fundamentals import report
 from fundamentals import rundir
+from fundamentals import runtime
 from fundamentals import schedules
 from fundamentals import tensorboard_events
 from fundamentals.config import Config
+
+
+# Config fields that enter the compiled train step as values, not as constants: runs
+# that differ only in these share one compilation, and ``fit_group`` (``--vectorize``)
+# trains them together in one vmapped program. Whether momentum is 0 changes the
+# optimizer state, so that part of it is structure; ``manual_sgd`` keeps lr and momentum
+# as constants.
+PER_RUN = ('seed', 'init', 'output_init', 'output_scale', 'lr', 'momentum')
 
 
 class TrainState(NamedTuple):
@@ -41,6 +52,7 @@ class TrainState(NamedTuple):
   params: nnx.State
   batch_stats: nnx.State
   opt_state: optax.OptState
+  augment_key: jax.Array | None = None  # Step t augments with fold_in(key, t).
 
 
 class Graphs(NamedTuple):
@@ -59,30 +71,65 @@ def create_model(config: Config, dataset: data_lib.Dataset, key: jax.Array) -> m
       rngs=nnx.Rngs(params=key))
 
 
+def scheduled_sgd(learning_rate: float, momentum: float | None = None, *,
+                  shape: schedules.Schedule) -> optax.GradientTransformation:
+  """SGD with η_t = η · s(t): ``shape`` s is the schedule with peak 1.
+
+  The same updates as ``optax.sgd(η·s, momentum)`` (bit for bit where s(t)·η rounds
+  as η·s(t) does: constant, cosine and exponential schedules); under
+  ``optax.inject_hyperparams`` η and μ live in the optimizer state, so they are
+  arguments of the compiled step rather than constants folded into it.
+  """
+  trace = optax.trace(decay=momentum) if momentum is not None else optax.identity()
+  return optax.chain(trace, optax.scale_by_schedule(lambda count: -learning_rate * shape(count)))
+
+
 def create_optimizer(config: Config) -> tuple[optax.GradientTransformation,
                                               schedules.Schedule]:
   """SGD (with momentum unless ``momentum=0``) driven by the configured schedule.
 
+  Returns ``(tx, schedule)`` with ``schedule(t)`` = η_t. The learning rate and
+  momentum are hyperparameters in ``tx``'s state (``optax.inject_hyperparams``).
   ``optimizer='manual_sgd'`` gives ``backprop.ManualSGD``: the same update written
   out, which the train step feeds with the hand-written gradients.
   """
-  schedule = schedules.get_schedule(config.schedule, init_value=config.lr,
-                                    total_steps=config.steps,
-                                    warmup_steps=config.warmup_steps)
+  shape = schedules.get_schedule(config.schedule, init_value=1.0, total_steps=config.steps,
+                                 warmup_steps=config.warmup_steps)
+  lr = config.lr
+  # η as a (not weakly typed) array of the default float type, as inject_hyperparams
+  # holds it, so that both optimizers round η·s(t) alike.
+  schedule = lambda step: jnp.asarray(lr, jnp.result_type(float)) * shape(step)
   if config.optimizer == 'manual_sgd':
     return backprop.ManualSGD(schedule, momentum=config.momentum), schedule
-  return optax.sgd(schedule, momentum=config.momentum or None), schedule
+  tx = optax.inject_hyperparams(scheduled_sgd, static_args=('shape',))(
+      learning_rate=lr, momentum=config.momentum or None, shape=shape)
+  return tx, schedule
 
 
-def split_model(model: models.MLP,
-                tx: optax.GradientTransformation) -> tuple[Graphs, TrainState]:
+def canonical_config(config: Config) -> Config:
+  """``config`` with its per-run values (``PER_RUN``) set to the defaults.
+
+  Runs with equal canonical configs have the same compiled structure: they share one
+  compilation and can be trained together by :func:`fit_group`.
+  """
+  defaults = Config()
+  values = {name: getattr(defaults, name) for name in PER_RUN}
+  values['momentum'] = defaults.momentum if config.momentum else 0.0
+  if config.optimizer == 'manual_sgd':
+    values.update(lr=config.lr, momentum=config.momentum)
+  return dataclasses.replace(config, **values, workdir='')
+
+
+def split_model(model: models.MLP, tx: optax.GradientTransformation, *,
+                augment_key: jax.Array | None = None) -> tuple[Graphs, TrainState]:
   """Splits once into static graphs (train/eval mode) and a pure ``TrainState``."""
   model.eval()
   eval_graph = nnx.graphdef(model)
   model.train()
   train_graph, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                     batch_stats=batch_stats, opt_state=tx.init(params))
+                     batch_stats=batch_stats, opt_state=tx.init(params),
+                     augment_key=augment_key)
   return Graphs(train_graph, eval_graph), state
 
 
@@ -99,15 +146,22 @@ def apply_model(graph: nnx.GraphDef, params, batch_stats, x):
 
 def make_train_step(graphs: Graphs, tx: optax.GradientTransformation, *,
                     batch_size: int, augment: Callable | None = None,
-                    augment_key: jax.Array | None = None) -> Callable:
-  """Returns ``train_step(state, images, labels, perm, position, mean, std)``.
+                    mesh: jax.sharding.Mesh | None = None,
+                    vectorized: bool = False) -> Callable:
+  """Returns ``train_step(state, images, labels, perm, position, mean, std)``, jitted.
 
   The batch is ``perm[position·B : (position+1)·B]`` of the on-device dataset.
   ``augment(key, images) -> images`` (uint8 in, uint8 out), if given, transforms the
-  training batch only, with key ``fold_in(augment_key, step)``.
+  training batch only, with key ``fold_in(state.augment_key, step)``.
   ``train_step(..., with_diagnostics=True)`` (a second compiled variant, static flag)
   adds ``metrics['diagnostics']``: ``diagnostics.measure`` of the step's batch,
   gradients and actual update; ordinary steps compute none of it.
+
+  With a ``mesh`` (``runtime.data_mesh``) the batch is split over its devices
+  (data parallelism): parameters stay replicated, and XLA sums gradients and
+  BatchNorm's batch statistics over the global batch. ``vectorized``: ``state`` and
+  ``perm`` carry a leading axis of runs, trained together (``jax.vmap``) on the
+  shared dataset.
   """
 
   def train_step(state: TrainState, images, labels, perm, position, mean, std,
@@ -115,9 +169,12 @@ def make_train_step(graphs: Graphs, tx: optax.GradientTransformation, *,
     idx = jax.lax.dynamic_slice_in_dim(perm, position * batch_size, batch_size)
     batch = images[idx]
     if augment is not None:
-      batch = augment(jax.random.fold_in(augment_key, state.step), batch)
+      batch = augment(jax.random.fold_in(state.augment_key, state.step), batch)
     x = data_lib.normalize(batch, mean, std)
     y = labels[idx]
+    if mesh is not None:
+      x = jax.lax.with_sharding_constraint(x, runtime.batch_sharded(mesh))
+      y = jax.lax.with_sharding_constraint(y, runtime.batch_sharded(mesh))
 
     def loss_fn(params):
       logits, batch_stats = apply_model(graphs.train, params, state.batch_stats, x)
@@ -137,15 +194,26 @@ def make_train_step(graphs: Graphs, tx: optax.GradientTransformation, *,
       metrics['diagnostics'] = diagnostics.measure(
           graphs.train, state.params, state.batch_stats, x, y, grads=grads,
           new_params=params)
-    return TrainState(state.step + 1, params, batch_stats, opt_state), metrics
+    return state._replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                          opt_state=opt_state), metrics
+
+  if vectorized:
+    single = train_step
+
+    def train_step(state, images, labels, perm, position, mean, std,  # pylint: disable=function-redefined
+                   with_diagnostics=False):
+      step = functools.partial(single, with_diagnostics=with_diagnostics)
+      return jax.vmap(step, in_axes=(0, None, None, 0, None, None, None))(
+          state, images, labels, perm, position, mean, std)
 
   return jax.jit(train_step, donate_argnums=0, static_argnames='with_diagnostics')
 
 
-def make_eval_step(graphs: Graphs) -> Callable:
+def make_eval_step(graphs: Graphs, *, vectorized: bool = False) -> Callable:
   """Returns ``eval_step(state, images, labels, mask, mean, std) -> (Σ loss, Σ correct)``.
 
-  Evaluation mode: BatchNorm uses its running averages.
+  Evaluation mode: BatchNorm uses its running averages. ``vectorized``: ``state``
+  has a leading axis of runs, and so have the sums.
   """
 
   def eval_step(state: TrainState, images, labels, mask, mean, std):
@@ -155,21 +223,51 @@ def make_eval_step(graphs: Graphs) -> Callable:
     correct = jnp.argmax(logits, -1) == labels
     return jnp.sum(per_example * mask), jnp.sum(correct * mask)
 
+  if vectorized:
+    return jax.jit(jax.vmap(eval_step, in_axes=(0, None, None, None, None, None)))
   return jax.jit(eval_step)
 
 
+class Steps(NamedTuple):
+  train: Callable
+  eval: Callable
+
+
+@functools.lru_cache(maxsize=16)
+def compiled_steps(graphs: Graphs, canonical: Config, *,
+                   mesh: jax.sharding.Mesh | None = None,
+                   vectorized: bool = False) -> Steps:
+  """The jitted train and eval steps of one structure, made once per process.
+
+  Every run whose graphs and :func:`canonical_config` are equal gets the same jitted
+  functions, and so (for equal shapes) the same compiled programs: learning rate,
+  momentum, seed and init are values in the state, not constants.
+  """
+  tx, _ = create_optimizer(canonical)
+  return Steps(
+      make_train_step(graphs, tx, batch_size=canonical.batch_size,
+                      augment=augment_lib.make_augment(canonical.augment), mesh=mesh,
+                      vectorized=vectorized),
+      make_eval_step(graphs, vectorized=vectorized))
+
+
 def evaluate(eval_step: Callable, state: TrainState, images: np.ndarray,
-             labels: np.ndarray, mean, std, *, batch_size: int = 500) -> dict[str, float]:
-  """Mean loss and accuracy over a whole split, in padded fixed-size batches."""
+             labels: np.ndarray, mean, std, *, batch_size: int = 500) -> dict[str, Any]:
+  """Mean loss and accuracy over a whole split, in padded fixed-size batches.
+
+  Floats; arrays with one entry per run for a vectorized ``eval_step``.
+  """
   n = len(labels)
   batch_size = min(batch_size, n)
   loss_sum, correct_sum = 0.0, 0.0
   for (x, mask), (y, _) in zip(data_lib.padded_batches(images, batch_size),
                                data_lib.padded_batches(labels, batch_size)):
     batch_loss, batch_correct = eval_step(state, x, y, mask, mean, std)
-    loss_sum += float(batch_loss)
-    correct_sum += float(batch_correct)
-  return {'loss': loss_sum / n, 'accuracy': correct_sum / n}
+    loss_sum = loss_sum + np.asarray(batch_loss, np.float64)
+    correct_sum = correct_sum + np.asarray(batch_correct, np.float64)
+  if np.ndim(loss_sum):
+    return {'loss': loss_sum / n, 'accuracy': correct_sum / n}
+  return {'loss': float(loss_sum) / n, 'accuracy': float(correct_sum) / n}
 
 
 def measure_initial_loss(graphs: Graphs, state: TrainState, dataset: data_lib.Dataset,
@@ -200,6 +298,14 @@ def train(config: Config, *, dataset: data_lib.Dataset | None = None,
   return fit(config, dataset=dataset, overwrite=overwrite, echo=echo).summary
 
 
+def train_group(configs: Sequence[Config], *, dataset: data_lib.Dataset | None = None,
+                overwrite: bool = False,
+                echo: Callable[[str], Any] = print) -> list[dict[str, Any]]:
+  """:func:`fit_group`'s summaries: runs of one structure trained together."""
+  return [f.summary for f in fit_group(configs, dataset=dataset, overwrite=overwrite,
+                                       echo=echo)]
+
+
 def fit(config: Config, *, dataset: data_lib.Dataset | None = None,
         overwrite: bool = False, echo: Callable[[str], Any] = print) -> Fit:
   """Trains one model as ``config`` says; writes the run directory; returns ``Fit``.
@@ -212,8 +318,59 @@ def fit(config: Config, *, dataset: data_lib.Dataset | None = None,
   on the init (the initial loss and the first step's diagnostics). A non-finite loss
   or gradient stops the run, marked ``diverged`` at the first non-finite step.
   """
+  return fit_group([config], dataset=dataset, overwrite=overwrite, echo=echo)[0]
+
+
+class _Run:
+  """The host side of one run of a group: its directory, records, snapshots, status."""
+
+  def __init__(self, config: Config, workdir: pathlib.Path, *, schedule, initial,
+               prefix: str, echo: Callable[[str], Any], overwrite: bool):
+    self.config, self.workdir, self.schedule = config, workdir, schedule
+    self.initial = initial  # {'initial_loss', 'expected_initial_loss'}
+    self.prefix = prefix  # Before each line of a vectorized run: '[its directory] '.
+    self.out = echo  # Where lines go; the progress bar's echo once there is one.
+    self.records: list[dict[str, Any]] = []
+    self.snapshots: dict[str, tuple] = {}  # 'init', 'end': (step, scalars, samples)
+    self.status, self.diverged_at = 'completed', None
+    if overwrite:  # Outputs a new run might not rewrite (e.g. without diagnostics).
+      for name in ('diagnostics.json', 'report.md', *plots.FIGURES):
+        (workdir / name).unlink(missing_ok=True)
+    self.writer = tensorboard_events.create_writer(workdir, overwrite=overwrite)
+
+  @property
+  def active(self) -> bool:
+    return self.status != 'diverged'
+
+  def echo(self, line: str):
+    self.out(self.prefix + line.replace('\n', '\n' + self.prefix))
+
+
+def fit_group(configs: Sequence[Config], *, dataset: data_lib.Dataset | None = None,
+              overwrite: bool = False, echo: Callable[[str], Any] = print) -> list[Fit]:
+  """Trains runs that differ only in ``PER_RUN`` values together; one ``Fit`` per run.
+
+  One run trains on its own (:func:`fit`). Several train in one jitted program,
+  ``jax.vmap`` over a leading axis of their states and shuffling orders, on the shared
+  on-device dataset (``--vectorize``): each still gets its own run directory, records,
+  diagnostics, figures and summary, the same as alone up to float rounding. A run
+  that diverges is marked ``diverged`` and no longer recorded; the others go on.
+  """
+  configs = list(configs)
+  if not configs:
+    raise ValueError('fit_group needs at least one config')
+  config = configs[0]
+  structure = canonical_config(config)
+  for other in configs[1:]:
+    if canonical_config(other) != structure:
+      differ = sorted(k for k, v in canonical_config(other).to_dict().items()
+                      if structure.to_dict()[k] != v)
+      raise ValueError(f'runs trained together may differ only in {list(PER_RUN)} '
+                       f'(and momentum only while nonzero); {other.workdir!r} also '
+                       f'differs in {differ}')
+  vectorized = len(configs) > 1
   start_time = time.time()
-  workdir = rundir.start(config, overwrite=overwrite)
+  workdirs = [_start_workdir(c, overwrite=overwrite) for c in configs]
   if dataset is None:
     dataset = data_lib.load_configured(config)
   num_train = len(dataset.train_labels)
@@ -221,60 +378,74 @@ def fit(config: Config, *, dataset: data_lib.Dataset | None = None,
     raise ValueError(f'batch_size={config.batch_size} exceeds the {num_train} '
                      f'training examples of {dataset.name}')
   steps_per_epoch = num_train // config.batch_size
-
-  init_key, shuffle_key, augment_key = jax.random.split(jax.random.key(config.seed), 3)
-  model = create_model(config, dataset, init_key)
-  tx, schedule = create_optimizer(config)
-  graphs, state = split_model(model, tx)
-  num_params = models.count_params(state.params)
-  train_step = make_train_step(graphs, tx, batch_size=config.batch_size,
-                               augment=augment_lib.make_augment(config.augment),
-                               augment_key=augment_key)
-  images = jax.device_put(dataset.train_images)
-  labels = jax.device_put(dataset.train_labels)
-  mean, std = jnp.asarray(dataset.mean), jnp.asarray(dataset.std)
-
-  def epoch_perm(epoch):
-    return jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), num_train)
-
-  # Started first, so that compiling the diagnostics variant overlaps the compiles below.
-  init_future = (_measure_init_in_background(train_step, state, images, labels,
-                                             epoch_perm(0), mean, std)
-                 if config.diagnostics_every else None)
-  if config.augment:
-    augment_lib.save_preview(workdir / 'augment_preview.png', dataset.train_images[:6],
-                             config.augment, seed=config.seed)
-  eval_step = make_eval_step(graphs)
+  mesh = runtime.data_mesh(config.batch_size) if config.data_parallel else None
 
   expected = losses.expected_initial_loss(dataset.num_classes)
-  initial_loss = measure_initial_loss(graphs, state, dataset)
+  runs, states, shuffle_keys = [], [], []
+  for c, workdir in zip(configs, workdirs):
+    init_key, shuffle_key, augment_key = jax.random.split(jax.random.key(c.seed), 3)
+    model = create_model(c, dataset, init_key)
+    tx, schedule = create_optimizer(c)
+    graphs, state = split_model(model, tx, augment_key=augment_key if c.augment else None)
+    initial_loss = measure_initial_loss(graphs, state, dataset)
+    run = _Run(c, workdir, schedule=schedule, prefix=f'[{workdir.name}] ' if vectorized
+               else '', echo=echo, overwrite=overwrite,
+               initial={'initial_loss': initial_loss, 'expected_initial_loss': expected})
+    runs.append(run)
+    states.append(state)
+    shuffle_keys.append(shuffle_key)
+    if c.augment:
+      augment_lib.save_preview(workdir / 'augment_preview.png', dataset.train_images[:6],
+                               c.augment, seed=c.seed)
+  num_params = models.count_params(states[0].params)
+  omitted_bias = models.omitted_bias_count(model)
   echo(f'{dataset.name}: {num_train} train / {len(dataset.test_labels)} test, '
        f'{dataset.num_classes} classes; MLP {config.hidden} {config.activation} '
-       f'init={config.init} batchnorm={config.batchnorm}, {num_params:,} parameters')
-  echo(f'initial loss {initial_loss:.4f}  (expected ln({dataset.num_classes}) = '
-       f'{expected:.4f}, ratio {initial_loss / expected:.2f})')
+       f'init={config.init} batchnorm={config.batchnorm}, {num_params:,} parameters'
+       + (f'; {len(runs)} runs vectorized' if vectorized else '')
+       + (f'; batch split over {mesh.size} devices' if mesh is not None else ''))
+  for run in runs:
+    run.echo(f'initial loss {run.initial["initial_loss"]:.4f}  (expected '
+             f'ln({dataset.num_classes}) = {expected:.4f}, ratio '
+             f'{run.initial["initial_loss"] / expected:.2f})')
 
-  status, diverged_at = 'completed', None
-  pending, records, last_time, last_step = [], [], time.time(), 0
+  steps = compiled_steps(graphs, structure, mesh=mesh, vectorized=vectorized)
+  state = jax.tree.map(lambda *xs: jnp.stack(xs), *states) if vectorized else states[0]
+  place = ((lambda x: jax.device_put(x, runtime.replicated(mesh))) if mesh is not None
+           else jax.device_put)
+  state = place(state)
+  images, labels = place(dataset.train_images), place(dataset.train_labels)
+  mean, std = place(np.asarray(dataset.mean)), place(np.asarray(dataset.std))
+
+  def epoch_perm(epoch):
+    perms = [jax.random.permutation(jax.random.fold_in(key, epoch), num_train)
+             for key in shuffle_keys]
+    return place(jnp.stack(perms) if vectorized else perms[0])
+
+  # Started first, so that compiling the diagnostics variant overlaps the compiles below.
+  init_future = (_measure_init_in_background(steps.train, state, images, labels,
+                                             epoch_perm(0), mean, std)
+                 if config.diagnostics_every else None)
+  pending, last_time, last_step = [], time.time(), 0
   host_work = []  # Callables run after the next step is dispatched.
-  snapshots = {}  # 'init', 'end': (step, diagnostics scalars, samples)
-  if overwrite:  # Outputs a new run might not rewrite (e.g. without diagnostics).
-    for name in ('diagnostics.json', 'report.md', *plots.FIGURES):
-      (workdir / name).unlink(missing_ok=True)
-  writer = tensorboard_events.create_writer(workdir, overwrite=overwrite)
   bar = progress.Progress(config.steps, echo=echo)
-  initial = {'initial_loss': initial_loss, 'expected_initial_loss': expected}
+  for run in runs:
+    run.out = bar.echo
   loop_start = time.time()
   if init_future is None:
-    _report_findings(bar.echo, 'doctor at init', doctor.examine(doctor.Run(config, initial)))
+    for run in runs:
+      _report_findings(run.echo, 'doctor at init',
+                       doctor.examine(doctor.Run(run.config, run.initial)))
 
   def take_init_diagnostics():
-    snapshots['init'] = (1, *diagnostics.to_host(init_future.result()))
-    tensorboard_events.write_record(writer, {
-        'step': 0, 'train_loss': initial_loss, 'diagnostics': snapshots['init'][1]})
-    tensorboard_events.write_histograms(writer, 0, snapshots['init'][2])
-    _report_findings(bar.echo, 'doctor at init', doctor.examine(doctor.Run(
-        config, initial, diagnostics={'init': snapshots['init'][1]})))
+    for run, measured in zip(runs, _per_run(init_future.result(), vectorized)):
+      run.snapshots['init'] = (1, *diagnostics.to_host(measured))
+      tensorboard_events.write_record(run.writer, {
+          'step': 0, 'train_loss': run.initial['initial_loss'],
+          'diagnostics': run.snapshots['init'][1]})
+      tensorboard_events.write_histograms(run.writer, 0, run.snapshots['init'][2])
+      _report_findings(run.echo, 'doctor at init', doctor.examine(doctor.Run(
+          run.config, run.initial, diagnostics={'init': run.snapshots['init'][1]})))
 
   perm = None
   for step in range(config.steps):
@@ -286,47 +457,62 @@ def fit(config: Config, *, dataset: data_lib.Dataset | None = None,
     if init_future is not None and (diagnose or init_future.done()):
       take_init_diagnostics()  # Before a diagnostics step: its variant is compiled.
       init_future = None
-    state, metrics = train_step(state, images, labels, perm, position, mean, std,
-                                with_diagnostics=diagnose)
+    state, metrics = steps.train(state, images, labels, perm, position, mean, std,
+                                 with_diagnostics=diagnose)
     pending.append(metrics)
     bar.advance()
     while host_work:  # Written while the device runs the step just dispatched.
       host_work.pop(0)()
     if not _is_record_step(done, config):
       continue
-    fetched = jax.device_get(pending)
+    fetched = _per_run(jax.device_get(pending), vectorized)
     now = time.time()
-    step_losses = np.array([m['loss'] for m in fetched], np.float64)
-    record = {
-        'step': done,
-        'train_loss': float(np.mean(step_losses)),
-        'train_accuracy': float(np.mean([m['accuracy'] for m in fetched])),
-        'lr': float(schedule(step)),
-        'examples_per_sec': (done - last_step) * config.batch_size / (now - last_time),
-    }
-    if 'diagnostics' in fetched[-1]:
-      scalars, samples = diagnostics.to_host(fetched[-1]['diagnostics'])
-      record['diagnostics'] = scalars
-      snapshots['end'] = (done, scalars, samples)
-      host_work.append(functools.partial(
-          tensorboard_events.write_histograms, writer, done, samples))
-    diverged_at = first_non_finite_step(step_losses, first_step=last_step + 1,
-                                        scalars=record.get('diagnostics'))
-    if diverged_at is not None:
-      status = 'diverged'
-    elif done % config.eval_every == 0 or done == config.steps:
+    new_records = {}
+    for i, run in enumerate(runs):
+      if not run.active:
+        continue
+      step_losses = np.array([m['loss'] for m in fetched[i]], np.float64)
+      record = {
+          'step': done,
+          'train_loss': float(np.mean(step_losses)),
+          'train_accuracy': float(np.mean([m['accuracy'] for m in fetched[i]])),
+          'lr': float(run.schedule(step)),
+          'examples_per_sec': (done - last_step) * config.batch_size / (now - last_time),
+      }
+      if 'diagnostics' in fetched[i][-1]:
+        scalars, samples = diagnostics.to_host(fetched[i][-1]['diagnostics'])
+        record['diagnostics'] = scalars
+        run.snapshots['end'] = (done, scalars, samples)
+        host_work.append(functools.partial(
+            tensorboard_events.write_histograms, run.writer, done, samples))
+      run.diverged_at = first_non_finite_step(step_losses, first_step=last_step + 1,
+                                              scalars=record.get('diagnostics'))
+      if run.diverged_at is not None:
+        run.status = 'diverged'
+      new_records[i] = record
+    if ((done % config.eval_every == 0 or done == config.steps)
+        and any(run.active for run in runs)):
       for split in _eval_splits(dataset):
-        result = evaluate(eval_step, state, getattr(dataset, f'{split}_images'),
+        result = evaluate(steps.eval, state, getattr(dataset, f'{split}_images'),
                           getattr(dataset, f'{split}_labels'), mean, std)
-        record.update({f'{split}_loss': result['loss'],
-                       f'{split}_accuracy': result['accuracy']})
+        for i, run in enumerate(runs):
+          if run.active:
+            new_records[i].update({f'{split}_loss': _item(result['loss'], i),
+                                   f'{split}_accuracy': _item(result['accuracy'], i)})
     pending, last_time, last_step = [], now, done
-    records.append(record)
-    rundir.append_jsonl(workdir / 'metrics.jsonl', record)
-    host_work.append(functools.partial(tensorboard_events.write_record, writer, record))
-    bar.record(record)
-    if status == 'diverged':
-      bar.echo(f'loss is not finite at step {diverged_at}: stopping (diverged)')
+    for i, record in new_records.items():
+      run = runs[i]
+      run.records.append(record)
+      rundir.append_jsonl(run.workdir / 'metrics.jsonl', record)
+      host_work.append(functools.partial(tensorboard_events.write_record, run.writer,
+                                         record))
+      if vectorized:
+        bar.echo(run.prefix + progress.format_record(record, config.steps))
+      else:
+        bar.record(record)
+      if not run.active:
+        run.echo(f'loss is not finite at step {run.diverged_at}: stopping (diverged)')
+    if not any(run.active for run in runs):
       break
   if init_future is not None:
     take_init_diagnostics()
@@ -335,36 +521,61 @@ def fit(config: Config, *, dataset: data_lib.Dataset | None = None,
   bar.close()
   train_loop_s = time.time() - loop_start
   # Drawn while the final evaluation runs on the device.
-  drawn = _draw_in_background(workdir, config=config, records=records,
-                              snapshots=snapshots, initial=initial)
+  drawn = _in_background(lambda: [_draw(run) for run in runs])
 
-  summary = {
-      'status': status,
-      'diverged_at_step': diverged_at,
-      'initial_loss': initial_loss,
-      'expected_initial_loss': expected,
-      'num_params': num_params,
-      'num_params_with_redundant_bias': num_params + models.omitted_bias_count(model),
-      # Per-channel statistics inputs are normalized with: the training split's only.
-      'normalization': {'mean': dataset.mean.tolist(), 'std': dataset.std.tolist(),
-                        'train_examples': len(dataset.train_labels)},
-      'steps': int(state.step),
-      'train_loop_s': train_loop_s,
-      'examples_per_sec': int(state.step) * config.batch_size / train_loop_s,
-  }
-  if status == 'completed':
+  final = {}
+  if any(run.status == 'completed' for run in runs):
     for split in ('train', *_eval_splits(dataset)):
-      result = evaluate(eval_step, state, getattr(dataset, f'{split}_images'),
-                        getattr(dataset, f'{split}_labels'), mean, std)
-      summary[f'final_{split}_loss'] = result['loss']
-      summary[f'final_{split}_accuracy'] = result['accuracy']
-    echo(f'final: train loss {summary["final_train_loss"]:.4f} acc '
-         f'{summary["final_train_accuracy"]:.2%} | test loss '
-         f'{summary["final_test_loss"]:.4f} acc {summary["final_test_accuracy"]:.2%}')
-  summary['workdir'] = str(workdir)
-  _write_outputs(workdir, writer, config=config, summary=summary, records=records,
-                 drawn=drawn.result(), start_time=start_time, echo=echo)
-  return Fit(summary, graphs, state)
+      final[split] = evaluate(steps.eval, state, getattr(dataset, f'{split}_images'),
+                              getattr(dataset, f'{split}_labels'), mean, std)
+  fits = []
+  for i, (run, drawing) in enumerate(zip(runs, drawn.result())):
+    summary = {
+        'status': run.status,
+        'diverged_at_step': run.diverged_at,
+        **run.initial,
+        'num_params': num_params,
+        'num_params_with_redundant_bias': num_params + omitted_bias,
+        # Per-channel statistics inputs are normalized with: the training split's only.
+        'normalization': {'mean': dataset.mean.tolist(), 'std': dataset.std.tolist(),
+                          'train_examples': num_train},
+        'steps': run.records[-1]['step'] if run.records else 0,
+        'train_loop_s': train_loop_s,
+        'examples_per_sec': last_step * config.batch_size / train_loop_s,
+        'devices': mesh.size if mesh is not None else 1,
+        'vectorized_runs': len(runs),
+    }
+    if run.status == 'completed':
+      for split, result in final.items():
+        summary[f'final_{split}_loss'] = _item(result['loss'], i)
+        summary[f'final_{split}_accuracy'] = _item(result['accuracy'], i)
+      run.echo(f'final: train loss {summary["final_train_loss"]:.4f} acc '
+               f'{summary["final_train_accuracy"]:.2%} | test loss '
+               f'{summary["final_test_loss"]:.4f} acc {summary["final_test_accuracy"]:.2%}')
+    summary['workdir'] = str(run.workdir)
+    _write_outputs(run, summary=summary, drawn=drawing, start_time=start_time)
+    fits.append(Fit(summary, graphs, _per_run(state, vectorized)[i]))
+  return fits
+
+
+def _start_workdir(config: Config, *, overwrite: bool) -> pathlib.Path:
+  """The run directory; in a multi-host run, only process 0 writes the real one."""
+  if runtime.is_main_process():
+    return rundir.start(config, overwrite=overwrite)
+  return pathlib.Path(tempfile.mkdtemp(prefix=f'fundamentals-process{jax.process_index()}-'))
+
+
+def _per_run(tree, vectorized: bool) -> list:
+  """Splits a pytree with a leading axis of runs into one pytree per run."""
+  if not vectorized:
+    return [tree]
+  num_runs = jax.tree.leaves(tree)[0].shape[0]
+  return [jax.tree.map(lambda x, i=i: x[i], tree) for i in range(num_runs)]
+
+
+def _item(value, i: int) -> float:
+  """Entry ``i`` of a per-run array, or the float of one run."""
+  return float(value[i]) if np.ndim(value) else float(value)
 
 
 def first_non_finite_step(step_losses: np.ndarray, *, first_step: int,
@@ -422,50 +633,42 @@ def _is_record_step(done: int, config: Config) -> bool:
           or _is_diagnostics_step(done, config))
 
 
-def _draw_in_background(workdir: pathlib.Path, *, config: Config,
-                        records: list[dict[str, Any]], snapshots: dict[str, tuple],
-                        initial: dict[str, float]) -> concurrent.futures.Future:
-  """Writes diagnostics.json and the figures in a thread; its result is
-  ``(diagnostics scalars per phase, {figure file: caption})``."""
-
-  def draw():
-    measured = {phase: {'step': step, 'scalars': scalars,
-                        'histograms': diagnostics.histograms(samples)}
-                for phase, (step, scalars, samples) in snapshots.items()}
-    if measured:
-      rundir.write_json(workdir / 'diagnostics.json', measured)
-    series = ([(measured['init']['step'], measured['init']['scalars'])]
-              if 'init' in measured else [])
-    series += [(r['step'], r['diagnostics']) for r in records if 'diagnostics' in r]
-    figures = plots.save_figures(
-        workdir, records=records, series=series,
-        histograms={phase: m['histograms'] for phase, m in measured.items()},
-        activation=config.activation,
-        unit_health=diagnostics.unit_health(config.activation), **initial)
-    return {phase: m['scalars'] for phase, m in measured.items()}, figures
-
-  return _in_background(draw)
+def _draw(run: _Run) -> tuple[dict[str, Any], dict[str, str]]:
+  """Writes a run's diagnostics.json and figures; returns ``(diagnostics scalars per
+  phase, {figure file: caption})``."""
+  measured = {phase: {'step': step, 'scalars': scalars,
+                      'histograms': diagnostics.histograms(samples)}
+              for phase, (step, scalars, samples) in run.snapshots.items()}
+  if measured:
+    rundir.write_json(run.workdir / 'diagnostics.json', measured)
+  series = ([(measured['init']['step'], measured['init']['scalars'])]
+            if 'init' in measured else [])
+  series += [(r['step'], r['diagnostics']) for r in run.records if 'diagnostics' in r]
+  figures = plots.save_figures(
+      run.workdir, records=run.records, series=series,
+      histograms={phase: m['histograms'] for phase, m in measured.items()},
+      activation=run.config.activation,
+      unit_health=diagnostics.unit_health(run.config.activation), **run.initial)
+  return {phase: m['scalars'] for phase, m in measured.items()}, figures
 
 
-def _write_outputs(workdir: pathlib.Path, writer, *, config: Config,
-                   summary: dict[str, Any], records: list[dict[str, Any]],
-                   drawn: tuple[dict[str, Any], dict[str, str]], start_time: float,
-                   echo: Callable[[str], Any]):
+def _write_outputs(run: _Run, *, summary: dict[str, Any],
+                   drawn: tuple[dict[str, Any], dict[str, str]], start_time: float):
   """The doctor's findings, summary.json and report.md; closes the event file."""
   scalars, figures = drawn
-  findings = doctor.examine(doctor.Run(config, summary, records, scalars))
-  _report_findings(echo, 'doctor', findings)
+  findings = doctor.examine(doctor.Run(run.config, summary, run.records, scalars))
+  _report_findings(run.echo, 'doctor', findings)
   summary['findings'] = findings
   summary['wall_time_s'] = time.time() - start_time
-  rundir.write_json(workdir / 'summary.json', summary)
-  report.write(workdir / 'report.md', config=config, summary=summary, findings=findings,
-               figures=figures, diagnostics=scalars)
-  writer.add_text('doctor', '\n\n'.join(doctor.format_finding(f) for f in findings)
-                  or 'no findings')
-  writer.close()
-  files = sorted(p.name for p in workdir.iterdir() if not p.name.startswith('events.'))
-  echo(f'wrote {workdir}/ ({", ".join(files)}, TensorBoard events) in '
-       f'{summary["wall_time_s"]:.1f}s')
+  rundir.write_json(run.workdir / 'summary.json', summary)
+  report.write(run.workdir / 'report.md', config=run.config, summary=summary,
+               findings=findings, figures=figures, diagnostics=scalars)
+  run.writer.add_text('doctor', '\n\n'.join(doctor.format_finding(f) for f in findings)
+                      or 'no findings')
+  run.writer.close()
+  files = sorted(p.name for p in run.workdir.iterdir() if not p.name.startswith('events.'))
+  run.echo(f'wrote {run.workdir}/ ({", ".join(files)}, TensorBoard events) in '
+           f'{summary["wall_time_s"]:.1f}s')
 
 
 def _report_findings(echo: Callable[[str], Any], title: str,

@@ -101,9 +101,8 @@ def test_augmentation_reaches_training_batches_only(tmp_path, small_dataset):
                   steps=10, output_scale=0.0, lr=0.1, workdir=str(tmp_path / 'x'))
   model = train.create_model(config, small_dataset, jax.random.key(0))
   tx, _ = train.create_optimizer(config)
-  graphs, state = train.split_model(model, tx)
-  step = train.make_train_step(graphs, tx, batch_size=50, augment=blank,
-                               augment_key=jax.random.key(1))
+  graphs, state = train.split_model(model, tx, augment_key=jax.random.key(1))
+  step = train.make_train_step(graphs, tx, batch_size=50, augment=blank)
   images = jnp.asarray(small_dataset.train_images)
   labels = jnp.asarray(small_dataset.train_labels)
   mean, std = small_dataset.mean, small_dataset.std

@@ -1,8 +1,10 @@
 """launch.py end to end, as a user runs it: a subprocess with flags."""
 
 import json
+import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -11,9 +13,15 @@ import experiments
 from fundamentals import rundir
 
 
+# The runs' caches (JAX's persistent compilation cache, decoded image folders): one
+# per test session, shared by its subprocesses, never the user's.
+CACHE = tempfile.mkdtemp(prefix='fundamentals-test-cache-')
+
+
 def launch(*args, timeout=300):
   return subprocess.run([sys.executable, str(REPO / 'launch.py'), *args], cwd=REPO,
-                        capture_output=True, text=True, timeout=timeout)
+                        capture_output=True, text=True, timeout=timeout,
+                        env=dict(os.environ, FUNDAMENTALS_CACHE=CACHE))
 
 
 @pytest.mark.slow

@@ -1,7 +1,5 @@
 import json
 import math
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +8,7 @@ import pytest
 from flax import nnx
 from scipy import special
 
-from conftest import REPO, SMALL
+from conftest import SMALL
 from experiments import signal_propagation as experiment
 from fundamentals import activations
 from fundamentals import data
@@ -303,12 +301,11 @@ def test_experiment_is_registered():
 
 @pytest.mark.slow
 def test_launch_runs_the_experiment_with_its_flags(tmp_path, data_dir):
-  result = subprocess.run(
-      [sys.executable, str(REPO / 'launch.py'), '--experiment=signal_propagation',
-       f'--dataset={SMALL}', f'--data_dir={data_dir}', '--batch_size=16',
-       '--sp_inits=xavier,kaiming', '--sp_activations=relu', '--sp_depth=2',
-       '--sp_width=16', '--sp_draws=1', f'--workdir={tmp_path / "run"}'],
-      cwd=REPO, capture_output=True, text=True, timeout=300)
+  from test_launch import launch  # pylint: disable=g-import-not-at-top
+  result = launch('--experiment=signal_propagation',
+                  f'--dataset={SMALL}', f'--data_dir={data_dir}', '--batch_size=16',
+                  '--sp_inits=xavier,kaiming', '--sp_activations=relu', '--sp_depth=2',
+                  '--sp_width=16', '--sp_draws=1', f'--workdir={tmp_path / "run"}')
   assert result.returncode == 0, result.stderr
   assert 'relu kaiming' in result.stdout
   config = json.loads((tmp_path / 'run' / 'config.json').read_text())

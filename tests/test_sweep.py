@@ -148,3 +148,41 @@ def test_a_real_sweep_through_launch_writes_results_and_figures_and_resumes(tmp_
       tmp_path / 'results.md').read_text()
   summarized = launch('--summarize', f'--workdir={tmp_path}')
   assert summarized.returncode == 0 and '16/16 members finished' in summarized.stdout
+
+
+def test_members_of_one_structure_run_together_when_grouped(tmp_path):
+  axes = sweep.parse_axes({'activation': ['tanh', 'relu'], 'seed': ['0', '1', '2']})
+  singles, groups = [], []
+
+  def run_group(configs, *, overwrite=False):
+    groups.append([c.seed for c in configs])
+    return [fake_member([])(c, overwrite=overwrite) for c in configs]
+
+  # seed-2 of tanh finished earlier: it is not run again, the rest of its group is.
+  first = sweep.expand(BASE, axes, workdir=tmp_path)[2]
+  assert first.name == 'activation-tanh__seed-2'
+  fake_member([])(first.config)
+  rows = sweep.run(BASE, axes, workdir=tmp_path, run_member=fake_member(singles),
+                   run_group=run_group, group_key=lambda c: c.activation, echo=print)
+  assert groups == [[0, 1], [0, 1, 2]] and not singles
+  assert [r['status'] for r in rows] == ['completed'] * 6
+  assert [[m.name for m in g] for g in sweep.group(
+      sweep.expand(BASE, axes, workdir=tmp_path), lambda c: c.seed)][0] == [
+          'activation-tanh__seed-0', 'activation-relu__seed-0']
+
+
+@pytest.mark.slow
+def test_a_vectorized_sweep_through_launch_trains_each_structure_once(tmp_path, data_dir):
+  from test_launch import launch  # pylint: disable=g-import-not-at-top
+  result = launch('--dataset=synthetic_fruits/small', f'--data_dir={data_dir}',
+                  '--hidden=8', '--steps=6', '--batch_size=50', '--log_every=3',
+                  '--eval_every=6', '--diagnostics_every=0', '--vectorize',
+                  '--activation=tanh,relu', '--seed=0,1', '--lr=0.1,0.2',
+                  f'--workdir={tmp_path}')
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.count('4 members together') == 2
+  with open(tmp_path / 'results.csv') as f:
+    rows = list(csv.DictReader(f))
+  assert len(rows) == 8 and all(r['status'] == 'completed' for r in rows)
+  summary = json.loads((tmp_path / rows[0]['member'] / 'summary.json').read_text())
+  assert summary['vectorized_runs'] == 4

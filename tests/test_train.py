@@ -1,13 +1,17 @@
+import dataclasses
 import json
 import math
 
-import numpy as np
 import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
 import pytest
 
 from fundamentals import doctor
 from fundamentals import plots
 from fundamentals import rundir
+from fundamentals import runtime
 from fundamentals import train
 from fundamentals.config import Config
 
@@ -197,3 +201,87 @@ def test_evaluate_is_independent_of_the_padded_batch_size(small_dataset):
   padded = train.evaluate(eval_step, state, *args, batch_size=7)  # 43 batches, last 6 real
   assert padded['loss'] == pytest.approx(whole['loss'], rel=1e-5)
   assert padded['accuracy'] == pytest.approx(whole['accuracy'])
+
+
+def test_runs_differing_only_in_per_run_values_share_one_compilation(tmp_path,
+                                                                     small_dataset):
+  first = Config(workdir=str(tmp_path / 'a'), **{**TINY, 'steps': 4, 'hidden': (24,)})
+  # Every PER_RUN field changed; momentum stays nonzero (zero is another structure).
+  second = Config(workdir=str(tmp_path / 'b'), **{
+      **TINY, 'steps': 4, 'hidden': (24,), 'lr': 0.07, 'seed': 5, 'init': 'xavier',
+      'output_init': 'lecun', 'output_scale': 0.5, 'momentum': 0.5})
+  assert set(train.PER_RUN) == {'seed', 'init', 'output_init', 'output_scale', 'lr',
+                                'momentum'}
+  assert train.canonical_config(first) == train.canonical_config(second)
+  with runtime.compile_log() as compiles:
+    summaries = [train.fit(first, dataset=small_dataset, echo=lambda line: None)]
+  assert 'jit(train_step)' in [name for name, _ in compiles]
+  with runtime.compile_log() as compiles:
+    summaries.append(train.fit(second, dataset=small_dataset, echo=lambda line: None))
+  assert not [name for name, _ in compiles if 'train_step' in name or 'eval_step' in name]
+  assert train.compiled_steps(summaries[0].graphs, train.canonical_config(first)) is (
+      train.compiled_steps(summaries[1].graphs, train.canonical_config(second)))
+  # The values really are the second run's, not the first's baked in.
+  assert float(summaries[1].state.opt_state.hyperparams['learning_rate']) == (
+      pytest.approx(0.07))
+  assert summaries[0].summary['final_train_loss'] != summaries[1].summary['final_train_loss']
+  third = dataclasses.replace(first, workdir=str(tmp_path / 'c'), momentum=0.0)
+  assert train.canonical_config(third) != train.canonical_config(first)
+
+
+def test_scheduled_sgd_makes_the_updates_of_optax_sgd():
+  shape = optax.cosine_decay_schedule(1.0, 50)
+  ours = optax.inject_hyperparams(train.scheduled_sgd, static_args=('shape',))(
+      learning_rate=0.05, momentum=0.9, shape=shape)
+  reference = optax.sgd(optax.cosine_decay_schedule(0.05, 50), momentum=0.9)
+  params = {'w': jnp.linspace(-1.0, 1.0, 7)}
+  mine, theirs = ours.init(params), reference.init(params)
+  for step in range(20):
+    grads = {'w': jnp.sin(params['w'] * (step + 1))}
+    a, mine = ours.update(grads, mine, params)
+    b, theirs = reference.update(grads, theirs, params)
+    np.testing.assert_array_equal(a['w'], b['w'])
+    params = optax.apply_updates(params, a)
+
+
+def test_vectorized_runs_match_the_same_runs_alone(tmp_path, small_dataset):
+  base = dict(TINY, steps=12, log_every=4, eval_every=12, diagnostics_every=6,
+              hidden=(16,))
+  variants = [dict(seed=0), dict(seed=1, lr=0.05, init='xavier'),
+              dict(seed=2, output_scale=1.0), dict(seed=3, lr=1e6, init='normal')]
+  together = train.fit_group(
+      [Config(workdir=str(tmp_path / f'v{i}'), **{**base, **v})
+       for i, v in enumerate(variants)], dataset=small_dataset, echo=lambda line: None)
+  for i, variant in enumerate(variants):
+    alone = train.fit(Config(workdir=str(tmp_path / f'a{i}'), **{**base, **variant}),
+                      dataset=small_dataset, echo=lambda line: None).summary
+    vectorized = together[i].summary
+    assert vectorized['vectorized_runs'] == 4 and alone['vectorized_runs'] == 1
+    assert vectorized['status'] == alone['status']
+    assert vectorized['diverged_at_step'] == alone['diverged_at_step']
+    assert vectorized['initial_loss'] == alone['initial_loss']
+    records = [rundir.read_jsonl(tmp_path / f'{kind}{i}' / 'metrics.jsonl')
+               for kind in ('v', 'a')]
+    assert [r['step'] for r in records[0]] == [r['step'] for r in records[1]]
+    for key in ('train_loss', 'train_accuracy', 'lr'):
+      np.testing.assert_allclose([float(r[key]) for r in records[0]],  # 'nan' → nan
+                                 [float(r[key]) for r in records[1]], rtol=2e-5, atol=1e-6)
+    if alone['status'] == 'completed':
+      for key in ('final_train_loss', 'final_test_loss', 'final_test_accuracy'):
+        assert vectorized[key] == pytest.approx(alone[key], rel=1e-4, abs=1e-6)
+      vectorized_diagnostics = json.loads(
+          (tmp_path / f'v{i}' / 'diagnostics.json').read_text())
+      alone_diagnostics = json.loads((tmp_path / f'a{i}' / 'diagnostics.json').read_text())
+      for phase in ('init', 'end'):
+        np.testing.assert_allclose(
+            vectorized_diagnostics[phase]['scalars']['grad_norm'],
+            alone_diagnostics[phase]['scalars']['grad_norm'], rtol=1e-4)
+  assert [f.summary['status'] for f in together] == ['completed'] * 3 + ['diverged']
+
+
+def test_runs_of_different_structures_are_not_trained_together(tmp_path, small_dataset):
+  configs = [Config(workdir=str(tmp_path / 'a'), **TINY),
+             Config(workdir=str(tmp_path / 'b'), **{**TINY, 'activation': 'tanh'})]
+  with pytest.raises(ValueError, match=r"differs in \['activation'\]"):
+    train.fit_group(configs, dataset=small_dataset)
+  assert not (tmp_path / 'a').exists()
