@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 import numpy as np
 
 from fundamentals import rundir
+from fundamentals import runtime
 from fundamentals.config import Config
 
 # Config fields a sweep may vary, with how to parse one flag value.
@@ -169,7 +170,9 @@ def run(base: Config, axes: dict[str, list[Any]], *, workdir: str | pathlib.Path
   workdir.mkdir(parents=True, exist_ok=True)
   mine = shard(members, *shard_spec)
   echo(plan(members, axes, mine))
-  write_manifest(workdir, base, axes, members, overwrite=overwrite)
+  main = runtime.is_main_process()  # In a multi-host run, process 0 writes the files.
+  if main:
+    write_manifest(workdir, base, axes, members, overwrite=overwrite)
   todo = []
   for i, member in enumerate(mine, 1):
     if is_finished(member) and not overwrite:
@@ -188,7 +191,7 @@ def run(base: Config, axes: dict[str, list[Any]], *, workdir: str | pathlib.Path
            f'together: {names}')
       run_group([m.config for m in batch], overwrite=True)
     done += len(batch)
-  return summarize(workdir, echo=echo)
+  return summarize(workdir, echo=echo) if main else []
 
 
 def summarize(workdir: str | pathlib.Path, *, echo: Callable[[str], Any] = print

@@ -12,6 +12,7 @@ import concurrent.futures
 import dataclasses
 import functools
 import pathlib
+import shutil
 import tempfile
 import time
 from typing import Any, Callable, NamedTuple, Sequence
@@ -194,6 +195,8 @@ def make_train_step(graphs: Graphs, tx: optax.GradientTransformation, *,
       metrics['diagnostics'] = diagnostics.measure(
           graphs.train, state.params, state.batch_stats, x, y, grads=grads,
           new_params=params)
+    if mesh is not None:  # Whole on every device, so that every host can read them.
+      metrics = jax.lax.with_sharding_constraint(metrics, runtime.replicated(mesh))
     return state._replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                           opt_state=opt_state), metrics
 
@@ -370,6 +373,7 @@ def fit_group(configs: Sequence[Config], *, dataset: data_lib.Dataset | None = N
                        f'differs in {differ}')
   vectorized = len(configs) > 1
   start_time = time.time()
+  mesh = runtime.data_mesh(config.batch_size) if config.data_parallel else None
   workdirs = [_start_workdir(c, overwrite=overwrite) for c in configs]
   if dataset is None:
     dataset = data_lib.load_configured(config)
@@ -378,7 +382,6 @@ def fit_group(configs: Sequence[Config], *, dataset: data_lib.Dataset | None = N
     raise ValueError(f'batch_size={config.batch_size} exceeds the {num_train} '
                      f'training examples of {dataset.name}')
   steps_per_epoch = num_train // config.batch_size
-  mesh = runtime.data_mesh(config.batch_size) if config.data_parallel else None
 
   expected = losses.expected_initial_loss(dataset.num_classes)
   runs, states, shuffle_keys = [], [], []
@@ -401,7 +404,8 @@ def fit_group(configs: Sequence[Config], *, dataset: data_lib.Dataset | None = N
   omitted_bias = models.omitted_bias_count(model)
   echo(f'{dataset.name}: {num_train} train / {len(dataset.test_labels)} test, '
        f'{dataset.num_classes} classes; MLP {config.hidden} {config.activation} '
-       f'init={config.init} batchnorm={config.batchnorm}, {num_params:,} parameters'
+       f'init={",".join(dict.fromkeys(c.init for c in configs))} '
+       f'batchnorm={config.batchnorm}, {num_params:,} parameters'
        + (f'; {len(runs)} runs vectorized' if vectorized else '')
        + (f'; batch split over {mesh.size} devices' if mesh is not None else ''))
   for run in runs:
@@ -555,11 +559,14 @@ def fit_group(configs: Sequence[Config], *, dataset: data_lib.Dataset | None = N
     summary['workdir'] = str(run.workdir)
     _write_outputs(run, summary=summary, drawn=drawing, start_time=start_time)
     fits.append(Fit(summary, graphs, _per_run(state, vectorized)[i]))
+    if not runtime.is_main_process():  # Its copy of process 0's files.
+      shutil.rmtree(run.workdir, ignore_errors=True)
   return fits
 
 
 def _start_workdir(config: Config, *, overwrite: bool) -> pathlib.Path:
-  """The run directory; in a multi-host run, only process 0 writes the real one."""
+  """The run directory; in a multi-host run, only process 0 writes the real one (the
+  others write to a temporary directory, removed at the end)."""
   if runtime.is_main_process():
     return rundir.start(config, overwrite=overwrite)
   return pathlib.Path(tempfile.mkdtemp(prefix=f'fundamentals-process{jax.process_index()}-'))
@@ -602,6 +609,8 @@ def _measure_init_in_background(train_step: Callable, state: TrainState, images,
   diagnostics variant compiles while training starts with the ordinary one (which
   hides the compilation wherever a core is free, e.g. on an accelerator host; on a
   busy 2-core CPU it saves little). NNX and JAX keep their trace contexts per thread.
+  In a multi-host run it runs at once instead: every process must launch its
+  collectives in the same order.
   """
   initial = jax.tree.map(jnp.copy, state)  # Copied now: training donates ``state``.
 
@@ -610,6 +619,10 @@ def _measure_init_in_background(train_step: Callable, state: TrainState, images,
                             with_diagnostics=True)
     return jax.device_get(metrics['diagnostics'])
 
+  if jax.process_count() > 1:
+    done = concurrent.futures.Future()
+    done.set_result(first_step())
+    return done
   return _in_background(first_step)
 
 

@@ -52,6 +52,9 @@ def test_few_step_run_writes_files_and_learns(tmp_path, data_dir):
     ('--experiment=nope', "unknown experiment 'nope'; valid: list, "),
     ('--lr=-1', 'lr=-1.0 must be a positive'),
     ('--steps=0', 'steps=0 must be positive'),
+    ('--platform=gpu', 'flag --platform=gpu: value should be one of <|cpu|cuda|rocm|tpu>'),
+    ('--process_id=1', "coordinator_address='', num_processes=0 and process_id=1 must be "
+                       'given together'),
 ])
 def test_bad_flags_exit_nonzero_with_a_message_before_any_work(flag, message, tmp_path):
   result = launch(flag, f'--workdir={tmp_path / "never"}', '--data_dir=/nonexistent')
@@ -64,7 +67,9 @@ def test_helpfull_documents_every_flag():
   result = launch('--helpfull')  # absl's help exits with status 1 by design.
   assert 'Runs one experiment' in result.stdout
   for flag in ('init', 'activation', 'batchnorm', 'hidden', 'steps', 'lr', 'schedule',
-               'seed', 'workdir', 'output_scale', 'dataset', 'data_dir', 'experiment'):
+               'seed', 'workdir', 'output_scale', 'dataset', 'data_dir', 'experiment',
+               'vectorize', 'data_parallel', 'platform', 'compilation_cache', 'distributed',
+               'coordinator_address', 'num_processes', 'process_id'):
     assert f'--{flag}' in result.stdout or f'--[no]{flag}' in result.stdout
 
 

@@ -1,5 +1,7 @@
 import json
 import os
+import pathlib
+import socket
 import subprocess
 import sys
 import textwrap
@@ -76,6 +78,55 @@ def test_data_parallel_on_two_devices_equals_one_device(tmp_path, data_dir):
   assert out['vectorized']['final_test_loss'] == pytest.approx(one['final_test_loss'],
                                                                rel=1e-4)
   assert 'batch_size=5 must be a multiple of the 2 devices' in out['odd_batch']
+
+
+@pytest.mark.slow
+def test_two_processes_train_as_one_multi_host_run(tmp_path, data_dir):
+  """jax.distributed over two local processes (one CPU device each, gloo collectives):
+  both see the same numbers, equal to a one-process run's; only process 0 writes."""
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    port = s.getsockname()[1]
+  code = f'''
+      import dataclasses, json, sys, jax
+      from fundamentals import runtime
+      process = int(sys.argv[1])
+      if process >= 0:
+        runtime.configure(coordinator_address='localhost:{port}', num_processes=2,
+                          process_id=process)
+      from fundamentals import data, train
+      from fundamentals.config import Config
+      dataset = data.load({SMALL!r}, data_dir={data_dir!r})
+      config = Config(dataset={SMALL!r}, hidden=(16,), batch_size=50, steps=8, log_every=4,
+                      eval_every=8, diagnostics_every=4, lr=0.2,
+                      workdir={str(tmp_path)!r} + ('/multi' if process >= 0 else '/single'))
+      fit = train.fit(config, dataset=dataset, echo=lambda line: None)
+      print(json.dumps(dict(fit.summary, process_count=jax.process_count())))
+  '''
+  script = tmp_path / 'multi_host.py'
+  script.write_text(textwrap.dedent(code))
+  run = lambda i: subprocess.Popen([sys.executable, str(script), str(i)], cwd=REPO,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  processes = [run(0), run(1)]
+  outputs = [p.communicate(timeout=300) for p in processes]
+  for p, (_, err) in zip(processes, outputs):
+    assert p.returncode == 0, err[-3000:]
+  results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+  single = python(f'''
+      import runpy, sys
+      sys.argv = [{str(script)!r}, '-1']
+      runpy.run_path({str(script)!r})
+  ''')
+  assert single.returncode == 0, single.stderr[-3000:]
+  alone = json.loads(single.stdout.strip().splitlines()[-1])
+  assert [r['process_count'] for r in results] == [2, 2] and alone['process_count'] == 1
+  assert [r['devices'] for r in results] == [2, 2]
+  assert results[0]['workdir'] == str(tmp_path / 'multi')
+  assert not pathlib.Path(results[1]['workdir']).exists()  # Process 1's scratch copy.
+  for key in ('final_train_loss', 'final_test_loss', 'final_test_accuracy'):
+    assert results[0][key] == results[1][key]
+    assert results[0][key] == pytest.approx(alone[key], rel=1e-5, abs=1e-6)
+  assert (tmp_path / 'multi' / 'summary.json').exists()
 
 
 @pytest.mark.slow

@@ -285,3 +285,20 @@ def test_runs_of_different_structures_are_not_trained_together(tmp_path, small_d
   with pytest.raises(ValueError, match=r"differs in \['activation'\]"):
     train.fit_group(configs, dataset=small_dataset)
   assert not (tmp_path / 'a').exists()
+
+
+def test_vectorized_runs_augment_each_with_its_own_key(tmp_path, small_dataset):
+  base = dict(TINY, steps=6, log_every=3, eval_every=6, hidden=(8,), augment=('flip', 'crop'))
+  configs = [Config(workdir=str(tmp_path / f'v{seed}'), seed=seed, **base) for seed in (0, 1)]
+  together = train.fit_group(configs, dataset=small_dataset, echo=lambda line: None)
+  for seed, fit in zip((0, 1), together):
+    alone = train.fit(Config(workdir=str(tmp_path / f'a{seed}'), seed=seed, **base),
+                      dataset=small_dataset, echo=lambda line: None)
+    np.testing.assert_allclose(
+        [r['train_loss'] for r in rundir.read_jsonl(tmp_path / f'v{seed}' / 'metrics.jsonl')],
+        [r['train_loss'] for r in rundir.read_jsonl(tmp_path / f'a{seed}' / 'metrics.jsonl')],
+        rtol=2e-5)
+    assert fit.summary['final_test_loss'] == pytest.approx(alone.summary['final_test_loss'],
+                                                           rel=1e-4)
+    assert (tmp_path / f'v{seed}' / 'augment_preview.png').exists()
+  assert together[0].summary['final_train_loss'] != together[1].summary['final_train_loss']
