@@ -76,8 +76,9 @@ flags.DEFINE_list('hidden', [str(w) for w in _D.hidden],
 _sweepable('activation', _D.activation, 'Hidden-layer activation.',
            choices=sorted(activations.ACTIVATIONS))
 _sweepable('init', _D.init, 'Hidden-kernel initializer (Kaiming and orthogonal take '
-           'the activation gain; LeCun and Xavier use gain 1).',
-           choices=initializers.names())
+           'the activation gain; LeCun and Xavier use gain 1; lsuv: orthogonal, then '
+           'each layer rescaled to unit output variance on the first training batch).',
+           choices=[*initializers.names(), *initializers.DATA_DEPENDENT])
 _sweepable('output_init', _D.output_init,
            'Output-kernel initializer; "same" = --init with linear gain.',
            choices=['same', *initializers.names()])
@@ -243,6 +244,9 @@ def main(argv):
     except (ValueError, FileExistsError) as e:
       sys.exit(f'launch.py: {e}')
     return
+  if FLAGS.vectorize:
+    print('launch.py: --vectorize trains sweep members together; with one value per '
+          'flag there is a single run, trained as usual')
   experiments.get_experiment(config.experiment)(config, overwrite=FLAGS.overwrite)
 
 

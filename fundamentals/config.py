@@ -91,7 +91,9 @@ def validate(config: Config):
   if config.image_size < 1:
     raise ValueError(f'image_size={config.image_size} must be positive')
   activations.get_activation(config.activation)
-  initializers.get_initializer(config.init, activation=config.activation)
+  # Data-dependent schemes (LSUV) start from a per-tensor one, checked here.
+  initializers.get_initializer(initializers.DATA_DEPENDENT.get(config.init, config.init),
+                               activation=config.activation)
   if config.output_init != 'same':
     initializers.get_initializer(config.output_init)
   if not config.sp_inits or not config.sp_activations:

@@ -8,11 +8,14 @@ batches over.
 import contextlib
 import os
 import pathlib
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+T = TypeVar('T')
 
 # --platform values: '' lets JAX pick (accelerator when present, else CPU).
 PLATFORMS = ('', 'cpu', 'cuda', 'rocm', 'tpu')
@@ -109,6 +112,45 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
 def is_main_process() -> bool:
   """True on process 0, which alone writes a run's files in a multi-host run."""
   return jax.process_index() == 0
+
+
+def on_main_process(fn: Callable[[], T]) -> T | None:
+  """``fn()`` on process 0 only; its result there, None on the others.
+
+  When it raises, every process raises (the others a RuntimeError), so that none
+  goes on to wait in a collective for a process that stopped.
+  """
+  if jax.process_count() == 1:
+    return fn()
+  result, error = None, None
+  if is_main_process():
+    try:
+      result = fn()
+    except Exception as e:  # pylint: disable=broad-except
+      error = e
+  failed = multihost_utils.broadcast_one_to_all(np.int32(error is not None))
+  if error is not None:
+    raise error
+  if failed:
+    raise RuntimeError('process 0 stopped with an error (see its output); stopping too')
+  return result
+
+
+def replicate(tree, mesh: Mesh):
+  """``tree`` with every array whole on every device of ``mesh`` (all hosts).
+
+  Typed PRNG keys go as their raw key data: ``device_put`` cannot place them on
+  devices of other processes.
+  """
+  sharding = replicated(mesh)
+
+  def put(x):
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      return jax.random.wrap_key_data(jax.device_put(jax.random.key_data(x), sharding),
+                                      impl=jax.random.key_impl(x))
+    return jax.device_put(x, sharding)
+
+  return jax.tree.map(put, tree)
 
 
 @contextlib.contextmanager

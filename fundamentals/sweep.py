@@ -138,11 +138,19 @@ def write_manifest(workdir: pathlib.Path, base: Config, axes: dict[str, list[Any
   path = workdir / 'sweep.json'
   if path.exists() and not overwrite:
     old = json.loads(path.read_text())
-    if old['axes'] != json.loads(json.dumps(axes)) or old['base'] != json.loads(
-        json.dumps(manifest['base'])):
+    if old['axes'] != json.loads(json.dumps(axes)) or not _same_config(old['base'], base):
       raise FileExistsError(f'{workdir} holds a different sweep; use another --workdir '
                             'or pass --overwrite')
   rundir.write_json(path, manifest)
+
+
+def _same_config(stored: dict[str, Any], config: Config) -> bool:
+  """Whether a stored base config is ``config``; fields added since it was written
+  count as their defaults, so that older sweeps still resume."""
+  try:
+    return Config.from_dict(stored) == config
+  except (ValueError, TypeError):  # Unknown or invalid fields: another version's sweep.
+    return False
 
 
 def group(members: list[Member], key: Callable[[Config], Any]) -> list[list[Member]]:
@@ -165,33 +173,37 @@ def run(base: Config, axes: dict[str, list[Any]], *, workdir: str | pathlib.Path
   unfinished members with equal ``group_key(config)`` are trained together by
   ``run_group(configs, overwrite=True)`` (e.g. vmapped, ``--vectorize``).
   """
+  if run_group is not None and group_key is None:
+    raise ValueError('run_group needs the group_key that says which members go together')
   workdir = pathlib.Path(workdir)
   members = expand(base, axes, workdir=workdir)  # Validates before anything is written.
-  workdir.mkdir(parents=True, exist_ok=True)
   mine = shard(members, *shard_spec)
   echo(plan(members, axes, mine))
-  main = runtime.is_main_process()  # In a multi-host run, process 0 writes the files.
-  if main:
+
+  def start():
+    workdir.mkdir(parents=True, exist_ok=True)
     write_manifest(workdir, base, axes, members, overwrite=overwrite)
+
+  # In a multi-host run process 0 writes the files; all stop if it cannot.
+  runtime.on_main_process(start)
+  position = {m.name: i for i, m in enumerate(mine, 1)}
   todo = []
-  for i, member in enumerate(mine, 1):
+  for member in mine:
     if is_finished(member) and not overwrite:
-      echo(f'[{i}/{len(mine)}] {member.name}: finished earlier, skipped')
+      echo(f'[{position[member.name]}/{len(mine)}] {member.name}: finished earlier, skipped')
     else:  # Without a finished summary it never ran or was interrupted: (re)start it.
       todo.append(member)
   batches = group(todo, group_key) if run_group is not None else [[m] for m in todo]
-  done = len(mine) - len(todo)
   for batch in batches:
-    names = ', '.join(m.name for m in batch)
+    where = ','.join(str(position[m.name]) for m in batch)
     if len(batch) == 1:
-      echo(f'[{done + 1}/{len(mine)}] {names}')
+      echo(f'[{where}/{len(mine)}] {batch[0].name}')
       run_member(batch[0].config, overwrite=True)
     else:
-      echo(f'[{done + 1}-{done + len(batch)}/{len(mine)}] {len(batch)} members '
-           f'together: {names}')
+      echo(f'[{where}/{len(mine)}] {len(batch)} members together: '
+           + ', '.join(m.name for m in batch))
       run_group([m.config for m in batch], overwrite=True)
-    done += len(batch)
-  return summarize(workdir, echo=echo) if main else []
+  return summarize(workdir, echo=echo) if runtime.is_main_process() else []
 
 
 def summarize(workdir: str | pathlib.Path, *, echo: Callable[[str], Any] = print
@@ -245,7 +257,8 @@ def save_figures(workdir: pathlib.Path, rows, groups, varied) -> list[str]:
       if any(g[metric][0] is not None for g in groups):
         fig = sweep_heatmap_figure(groups, metric=metric, row=row, column=column,
                                    panel_keys=panel_keys, fmt=fmt,
-                                   title=f'{metric} (mean over seeds)')
+                                   title=metric + (' (mean over seeds)'
+                                                   if 'seed' in varied else ''))
         fig.savefig(workdir / name, dpi=90)
         written.append(name)
   curves = {}
@@ -335,8 +348,8 @@ def sweep_heatmap_figure(groups: list[dict[str, Any]], *, metric: str, row: str,
                          column: str | None, panel_keys: list[str],
                          fmt: str = '{:.2f}', title: str = '') -> Figure:
   """Heatmap of a seed-averaged ``metric`` over ``row`` × ``column``, one panel per
-  combination of the other varied settings (``panel_keys``); cells whose members all
-  diverged read 'none'."""
+  combination of the other varied settings (``panel_keys``); a cell without a value
+  reads 'diverged' when all its members diverged, else 'none'."""
   cell = lambda g: g[column] if column else ''
   rows = list(dict.fromkeys(g[row] for g in groups))
   columns = list(dict.fromkeys(cell(g) for g in groups))
@@ -348,12 +361,17 @@ def sweep_heatmap_figure(groups: list[dict[str, Any]], *, metric: str, row: str,
   vmin, vmax = (min(values), max(values)) if values else (0.0, 1.0)
   for ax, panel in zip(axes, panels):
     grid = np.full((len(rows), len(columns)), np.nan)
+    empty = np.full(grid.shape, 'none', dtype=object)
     for g in groups:
-      if tuple(g[k] for k in panel_keys) == panel and g[metric][0] is not None:
+      if tuple(g[k] for k in panel_keys) != panel:
+        continue
+      if g[metric][0] is not None:
         grid[rows.index(g[row]), columns.index(cell(g))] = g[metric][0]
+      elif g['of'] and g['diverged'] == g['of']:
+        empty[rows.index(g[row]), columns.index(cell(g))] = 'diverged'
     image = ax.imshow(grid, cmap='viridis', vmin=vmin, vmax=vmax, aspect='auto')
     for (i, j), value in np.ndenumerate(grid):
-      ax.text(j, i, 'none' if np.isnan(value) else fmt.format(value), ha='center',
+      ax.text(j, i, empty[i, j] if np.isnan(value) else fmt.format(value), ha='center',
               va='center', fontsize=8,
               color='white' if not np.isnan(value) and value < (vmin + vmax) / 2
               else 'black')

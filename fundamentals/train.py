@@ -28,6 +28,7 @@ from fundamentals import backprop
 from fundamentals import data as data_lib
 from fundamentals import diagnostics
 from fundamentals import doctor
+from fundamentals import initializers
 from fundamentals import losses
 from fundamentals import models
 from fundamentals import plots
@@ -36,6 +37,7 @@ from fundamentals import report
 from fundamentals import rundir
 from fundamentals import runtime
 from fundamentals import schedules
+from fundamentals import signal_propagation
 from fundamentals import tensorboard_events
 from fundamentals.config import Config
 
@@ -63,13 +65,30 @@ class Graphs(NamedTuple):
 
 
 def create_model(config: Config, dataset: data_lib.Dataset, key: jax.Array) -> models.MLP:
+  """The configured MLP. A data-dependent init (LSUV) is built with its per-tensor
+  starting point; :func:`fit` then applies it on data (:func:`apply_data_dependent_init`)."""
   return models.MLP(
       dataset.num_features, config.hidden, dataset.num_classes,
-      activation=config.activation, init=config.init, batchnorm=config.batchnorm,
+      activation=config.activation,
+      init=initializers.DATA_DEPENDENT.get(config.init, config.init),
+      batchnorm=config.batchnorm,
       bn_momentum=config.bn_momentum, bn_epsilon=config.bn_epsilon,
       bn_impl=config.bn_impl,
       output_init=config.output_init, output_scale=config.output_scale,
       rngs=nnx.Rngs(params=key))
+
+
+def apply_data_dependent_init(config: Config, model: models.MLP,
+                              dataset: data_lib.Dataset, *,
+                              num_examples: int = 1024) -> list[dict[str, float]] | None:
+  """LSUV (``config.init == 'lsuv'``) on the first training examples, normalized;
+  rescales ``model``'s hidden kernels in place and returns the per-layer
+  ``{'iterations', 'variance'}``. None for the other (per-tensor) inits."""
+  if config.init not in initializers.DATA_DEPENDENT:
+    return None
+  x = data_lib.normalize(jnp.asarray(dataset.train_images[:num_examples]),
+                         dataset.mean, dataset.std)
+  return signal_propagation.apply_lsuv(model, x)
 
 
 def scheduled_sgd(learning_rate: float, momentum: float | None = None, *,
@@ -336,6 +355,7 @@ class _Run:
     self.records: list[dict[str, Any]] = []
     self.snapshots: dict[str, tuple] = {}  # 'init', 'end': (step, scalars, samples)
     self.status, self.diverged_at = 'completed', None
+    self.lsuv: list[dict[str, float]] | None = None  # Per layer, with --init=lsuv.
     if overwrite:  # Outputs a new run might not rewrite (e.g. without diagnostics).
       for name in ('diagnostics.json', 'report.md', *plots.FIGURES):
         (workdir / name).unlink(missing_ok=True)
@@ -372,6 +392,10 @@ def fit_group(configs: Sequence[Config], *, dataset: data_lib.Dataset | None = N
                        f'(and momentum only while nonzero); {other.workdir!r} also '
                        f'differs in {differ}')
   vectorized = len(configs) > 1
+  workdirs = [c.workdir for c in configs]
+  if vectorized and (not all(workdirs) or len(set(workdirs)) < len(workdirs)):
+    raise ValueError(f'runs trained together need a workdir each, all different; got '
+                     f'{workdirs}')
   start_time = time.time()
   mesh = runtime.data_mesh(config.batch_size) if config.data_parallel else None
   workdirs = [_start_workdir(c, overwrite=overwrite) for c in configs]
@@ -388,12 +412,14 @@ def fit_group(configs: Sequence[Config], *, dataset: data_lib.Dataset | None = N
   for c, workdir in zip(configs, workdirs):
     init_key, shuffle_key, augment_key = jax.random.split(jax.random.key(c.seed), 3)
     model = create_model(c, dataset, init_key)
+    lsuv = apply_data_dependent_init(c, model, dataset)
     tx, schedule = create_optimizer(c)
     graphs, state = split_model(model, tx, augment_key=augment_key if c.augment else None)
     initial_loss = measure_initial_loss(graphs, state, dataset)
     run = _Run(c, workdir, schedule=schedule, prefix=f'[{workdir.name}] ' if vectorized
                else '', echo=echo, overwrite=overwrite,
                initial={'initial_loss': initial_loss, 'expected_initial_loss': expected})
+    run.lsuv = lsuv
     runs.append(run)
     states.append(state)
     shuffle_keys.append(shuffle_key)
@@ -409,13 +435,17 @@ def fit_group(configs: Sequence[Config], *, dataset: data_lib.Dataset | None = N
        + (f'; {len(runs)} runs vectorized' if vectorized else '')
        + (f'; batch split over {mesh.size} devices' if mesh is not None else ''))
   for run in runs:
+    if run.lsuv:
+      run.echo('LSUV: layer output variances ' + ', '.join(
+          f'{layer["variance"]:.3f} ({layer["iterations"]} rescaling'
+          f'{"s" if layer["iterations"] != 1 else ""})' for layer in run.lsuv))
     run.echo(f'initial loss {run.initial["initial_loss"]:.4f}  (expected '
              f'ln({dataset.num_classes}) = {expected:.4f}, ratio '
              f'{run.initial["initial_loss"] / expected:.2f})')
 
   steps = compiled_steps(graphs, structure, mesh=mesh, vectorized=vectorized)
   state = jax.tree.map(lambda *xs: jnp.stack(xs), *states) if vectorized else states[0]
-  place = ((lambda x: jax.device_put(x, runtime.replicated(mesh))) if mesh is not None
+  place = ((lambda x: runtime.replicate(x, mesh)) if mesh is not None
            else jax.device_put)
   state = place(state)
   images, labels = place(dataset.train_images), place(dataset.train_labels)
@@ -426,9 +456,11 @@ def fit_group(configs: Sequence[Config], *, dataset: data_lib.Dataset | None = N
              for key in shuffle_keys]
     return place(jnp.stack(perms) if vectorized else perms[0])
 
-  # Started first, so that compiling the diagnostics variant overlaps the compiles below.
+  # Started before training, so that compiling the diagnostics variant overlaps the
+  # compilation of the ordinary step.
   init_future = (_measure_init_in_background(steps.train, state, images, labels,
-                                             epoch_perm(0), mean, std)
+                                             epoch_perm(0), mean, std,
+                                             in_order=mesh is not None)
                  if config.diagnostics_every else None)
   pending, last_time, last_step = [], time.time(), 0
   host_work = []  # Callables run after the next step is dispatched.
@@ -532,8 +564,9 @@ def fit_group(configs: Sequence[Config], *, dataset: data_lib.Dataset | None = N
     for split in ('train', *_eval_splits(dataset)):
       final[split] = evaluate(steps.eval, state, getattr(dataset, f'{split}_images'),
                               getattr(dataset, f'{split}_labels'), mean, std)
-  fits = []
+  fits, final_states = [], _per_run(state, vectorized)
   for i, (run, drawing) in enumerate(zip(runs, drawn.result())):
+    run_steps = run.records[-1]['step'] if run.records else 0
     summary = {
         'status': run.status,
         'diverged_at_step': run.diverged_at,
@@ -543,12 +576,15 @@ def fit_group(configs: Sequence[Config], *, dataset: data_lib.Dataset | None = N
         # Per-channel statistics inputs are normalized with: the training split's only.
         'normalization': {'mean': dataset.mean.tolist(), 'std': dataset.std.tolist(),
                           'train_examples': num_train},
-        'steps': run.records[-1]['step'] if run.records else 0,
+        'steps': run_steps,
+        # Of the group's training loop, for a vectorized run.
         'train_loop_s': train_loop_s,
-        'examples_per_sec': last_step * config.batch_size / train_loop_s,
+        'examples_per_sec': run_steps * config.batch_size / train_loop_s,
         'devices': mesh.size if mesh is not None else 1,
         'vectorized_runs': len(runs),
     }
+    if run.lsuv:
+      summary['lsuv'] = run.lsuv
     if run.status == 'completed':
       for split, result in final.items():
         summary[f'final_{split}_loss'] = _item(result['loss'], i)
@@ -558,7 +594,7 @@ def fit_group(configs: Sequence[Config], *, dataset: data_lib.Dataset | None = N
                f'{summary["final_test_loss"]:.4f} acc {summary["final_test_accuracy"]:.2%}')
     summary['workdir'] = str(run.workdir)
     _write_outputs(run, summary=summary, drawn=drawing, start_time=start_time)
-    fits.append(Fit(summary, graphs, _per_run(state, vectorized)[i]))
+    fits.append(Fit(summary, graphs, final_states[i]))
     if not runtime.is_main_process():  # Its copy of process 0's files.
       shutil.rmtree(run.workdir, ignore_errors=True)
   return fits
@@ -567,9 +603,11 @@ def fit_group(configs: Sequence[Config], *, dataset: data_lib.Dataset | None = N
 def _start_workdir(config: Config, *, overwrite: bool) -> pathlib.Path:
   """The run directory; in a multi-host run, only process 0 writes the real one (the
   others write to a temporary directory, removed at the end)."""
-  if runtime.is_main_process():
-    return rundir.start(config, overwrite=overwrite)
-  return pathlib.Path(tempfile.mkdtemp(prefix=f'fundamentals-process{jax.process_index()}-'))
+  workdir = runtime.on_main_process(lambda: rundir.start(config, overwrite=overwrite))
+  if workdir is None:
+    workdir = pathlib.Path(tempfile.mkdtemp(
+        prefix=f'fundamentals-process{jax.process_index()}-'))
+  return workdir
 
 
 def _per_run(tree, vectorized: bool) -> list:
@@ -602,15 +640,17 @@ def first_non_finite_step(step_losses: np.ndarray, *, first_step: int,
 
 
 def _measure_init_in_background(train_step: Callable, state: TrainState, images, labels,
-                                perm, mean, std) -> concurrent.futures.Future:
+                                perm, mean, std, *,
+                                in_order: bool = False) -> concurrent.futures.Future:
   """The first step's diagnostics (the init), measured on a copy of the initial state.
 
   A background thread runs that first step with ``with_diagnostics=True``, so the
   diagnostics variant compiles while training starts with the ordinary one (which
   hides the compilation wherever a core is free, e.g. on an accelerator host; on a
   busy 2-core CPU it saves little). NNX and JAX keep their trace contexts per thread.
-  In a multi-host run it runs at once instead: every process must launch its
-  collectives in the same order.
+  ``in_order`` (data parallelism: steps with collectives) runs it at once instead:
+  every device, and every host, must launch its collectives in the same order, which
+  two threads would not guarantee.
   """
   initial = jax.tree.map(jnp.copy, state)  # Copied now: training donates ``state``.
 
@@ -619,7 +659,7 @@ def _measure_init_in_background(train_step: Callable, state: TrainState, images,
                             with_diagnostics=True)
     return jax.device_get(metrics['diagnostics'])
 
-  if jax.process_count() > 1:
+  if in_order:
     done = concurrent.futures.Future()
     done.set_result(first_step())
     return done

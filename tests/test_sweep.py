@@ -79,6 +79,17 @@ def test_rerun_skips_finished_members_and_restarts_interrupted_ones(tmp_path):
   assert [r['status'] for r in rows] == ['completed'] * 3
 
 
+def test_a_sweep_written_before_a_config_field_existed_still_resumes(tmp_path):
+  axes = sweep.parse_axes({'seed': ['0', '1']})
+  sweep.run(BASE, axes, workdir=tmp_path, run_member=fake_member([]), echo=print)
+  manifest = json.loads((tmp_path / 'sweep.json').read_text())
+  del manifest['base']['data_parallel']  # As an older version wrote it.
+  (tmp_path / 'sweep.json').write_text(json.dumps(manifest))
+  calls = []
+  sweep.run(BASE, axes, workdir=tmp_path, run_member=fake_member(calls), echo=print)
+  assert calls == []
+
+
 def test_a_different_sweep_in_the_same_directory_is_refused(tmp_path):
   sweep.run(BASE, sweep.parse_axes({'seed': ['0', '1']}), workdir=tmp_path,
             run_member=fake_member([]), echo=print)
@@ -186,3 +197,15 @@ def test_a_vectorized_sweep_through_launch_trains_each_structure_once(tmp_path, 
   assert len(rows) == 8 and all(r['status'] == 'completed' for r in rows)
   summary = json.loads((tmp_path / rows[0]['member'] / 'summary.json').read_text())
   assert summary['vectorized_runs'] == 4
+
+
+def test_heatmap_cells_say_what_they_hold():
+  rows = [dict(init=i, activation=a, seed=s, member=f'{i}-{a}-{s}',
+               status='diverged' if (i, a) == ('normal', 'relu') else 'completed',
+               final_test_accuracy=None if (i, a) == ('normal', 'relu') else 0.5 + s / 10)
+          for i in ('normal', 'kaiming') for a in ('tanh', 'relu') for s in (0, 1)]
+  groups = sweep.aggregate(rows, ['init', 'activation', 'seed'])
+  fig = sweep.sweep_heatmap_figure(groups, metric='final_test_accuracy', row='init',
+                                   column='activation', panel_keys=[], fmt='{:.0%}')
+  texts = sorted(t.get_text() for t in fig.axes[0].texts)
+  assert texts == ['55%', '55%', '55%', 'diverged']

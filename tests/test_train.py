@@ -219,8 +219,12 @@ def test_runs_differing_only_in_per_run_values_share_one_compilation(tmp_path,
   with runtime.compile_log() as compiles:
     summaries.append(train.fit(second, dataset=small_dataset, echo=lambda line: None))
   assert not [name for name, _ in compiles if 'train_step' in name or 'eval_step' in name]
-  assert train.compiled_steps(summaries[0].graphs, train.canonical_config(first)) is (
-      train.compiled_steps(summaries[1].graphs, train.canonical_config(second)))
+  hits = train.compiled_steps.cache_info().hits
+  assert train.compiled_steps(summaries[0].graphs, train.canonical_config(first),
+                              mesh=None, vectorized=False) is (
+      train.compiled_steps(summaries[1].graphs, train.canonical_config(second),
+                           mesh=None, vectorized=False))
+  assert train.compiled_steps.cache_info().hits == hits + 2  # fit's own entry, twice.
   # The values really are the second run's, not the first's baked in.
   assert float(summaries[1].state.opt_state.hyperparams['learning_rate']) == (
       pytest.approx(0.07))
@@ -285,6 +289,10 @@ def test_runs_of_different_structures_are_not_trained_together(tmp_path, small_d
   with pytest.raises(ValueError, match=r"differs in \['activation'\]"):
     train.fit_group(configs, dataset=small_dataset)
   assert not (tmp_path / 'a').exists()
+  same_dir = [Config(workdir=str(tmp_path / 'a'), seed=seed, **TINY) for seed in (0, 1)]
+  with pytest.raises(ValueError, match='need a workdir each, all different'):
+    train.fit_group(same_dir, dataset=small_dataset)
+  assert not (tmp_path / 'a').exists()
 
 
 def test_vectorized_runs_augment_each_with_its_own_key(tmp_path, small_dataset):
@@ -302,3 +310,20 @@ def test_vectorized_runs_augment_each_with_its_own_key(tmp_path, small_dataset):
                                                            rel=1e-4)
     assert (tmp_path / f'v{seed}' / 'augment_preview.png').exists()
   assert together[0].summary['final_train_loss'] != together[1].summary['final_train_loss']
+
+
+def test_lsuv_init_gives_unit_variance_layers_and_trains(tmp_path, small_dataset):
+  summary = run(tmp_path, 'lsuv', small_dataset, init='lsuv', activation='tanh',
+                batchnorm=False, hidden=(32, 16), steps=20)
+  assert [layer['variance'] for layer in summary['lsuv']] == [
+      pytest.approx(1.0, abs=0.1)] * 2
+  assert summary['status'] == 'completed'
+  assert summary['final_train_loss'] < summary['initial_loss']
+  # The kernels training started from: orthogonal rescaled, so not orthogonal's own.
+  model = train.create_model(Config(**{**TINY, 'init': 'lsuv', 'activation': 'tanh',
+                                       'batchnorm': False, 'hidden': (32, 16)}),
+                             small_dataset, jax.random.split(jax.random.key(0), 3)[0])
+  before = np.asarray(model.dense[0].kernel[...]).std()
+  train.apply_data_dependent_init(Config(init='lsuv'), model, small_dataset)
+  assert np.asarray(model.dense[0].kernel[...]).std() != pytest.approx(before, rel=1e-3)
+  assert train.apply_data_dependent_init(Config(), model, small_dataset) is None
