@@ -14,6 +14,7 @@ import sys
 
 from absl import app
 from absl import flags
+from absl import logging as absl_logging
 
 import experiments
 from fundamentals import activations
@@ -236,8 +237,11 @@ def main(argv):
                       num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
   except ValueError as e:
     sys.exit(f'launch.py: invalid flags: {e}')
-  # JAX logs at INFO each accelerator backend it fails to find; only its warnings matter.
+  # JAX logs at INFO each accelerator backend it fails to find, TFDS each dataset it
+  # opens; only warnings matter, unless --verbosity asks for more.
   logging.getLogger('jax._src.xla_bridge').setLevel(logging.WARNING)
+  if not FLAGS['verbosity'].present:
+    absl_logging.set_verbosity(absl_logging.WARNING)
   if axes:
     try:
       run_sweep(config, axes)
