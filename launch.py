@@ -114,6 +114,12 @@ _sweepable('seed', _D.seed, 'Random seed (init and shuffling).')
 flags.DEFINE_string('workdir', _D.workdir,
                     'Run directory (default: runs/<timestamp>-<experiment>).')
 flags.DEFINE_boolean('overwrite', False, 'Replace a run already in --workdir.')
+flags.DEFINE_integer('checkpoint_every', _D.checkpoint_every,
+                     'Steps between checkpoints of the training state (orbax); 0: none. '
+                     'Interrupted sweep members resume from theirs.')
+flags.DEFINE_boolean('resume', False,
+                     'Go on with the interrupted run in --workdir from its last '
+                     'checkpoint (same flags); sweeps always do.')
 flags.DEFINE_string('sweep_shard', '0/1',
                     'k/n: run only sweep members k, k+n, k+2n, ... (for job arrays).')
 flags.DEFINE_boolean('summarize', False,
@@ -251,6 +257,15 @@ def main(argv):
   if FLAGS.vectorize:
     print('launch.py: --vectorize trains sweep members together; with one value per '
           'flag there is a single run, trained as usual')
+  if FLAGS.resume:
+    if config.experiment != 'train' or not config.workdir:
+      sys.exit('launch.py: --resume goes on with a training run: it needs '
+               '--experiment=train and the run\'s --workdir')
+    try:
+      train.train(config, overwrite=FLAGS.overwrite, resume=True)
+    except FileExistsError as e:
+      sys.exit(f'launch.py: {e}')
+    return
   experiments.get_experiment(config.experiment)(config, overwrite=FLAGS.overwrite)
 
 

@@ -50,14 +50,16 @@ def run_mode(mode: str, workdir: pathlib.Path) -> dict:
   dataset = data.load_configured(base)  # Loaded once, outside the timing.
   quiet = lambda line: None
 
-  def run_member(config, *, overwrite):
+  def run_member(config, *, overwrite, resume):
     if mode == 'recompile':
       train.compiled_steps.cache_clear()
       jax.clear_caches()
-    return train.train(config, dataset=dataset, overwrite=overwrite, echo=quiet)
+    return train.train(config, dataset=dataset, overwrite=overwrite, resume=resume,
+                       echo=quiet)
 
-  def run_group(configs, *, overwrite):
-    return train.train_group(configs, dataset=dataset, overwrite=overwrite, echo=quiet)
+  def run_group(configs, *, overwrite, resume):
+    return train.train_group(configs, dataset=dataset, overwrite=overwrite,
+                             resume=resume, echo=quiet)
 
   start = time.perf_counter()
   with runtime.compile_log() as compiles:

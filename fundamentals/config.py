@@ -43,6 +43,7 @@ class Config:
   log_every: int = 100
   eval_every: int = 500
   diagnostics_every: int = 100  # 0: no in-step diagnostics (no histograms either).
+  checkpoint_every: int = 500  # Steps between checkpoints (removed once finished); 0: none.
   seed: int = 0
   workdir: str = ''
   # The signal_propagation experiment (experiments/signal_propagation.py).
@@ -115,6 +116,9 @@ def validate(config: Config):
                      f'{sorted(schedules.SCHEDULES)}')
   if not config.hidden or any(w < 1 for w in config.hidden):
     raise ValueError(f'hidden={config.hidden} must be one or more positive widths')
+  if config.checkpoint_every < 0:
+    raise ValueError(f'checkpoint_every={config.checkpoint_every} must be >= 0 '
+                     '(0: no checkpoints)')
   if config.diagnostics_every < 0:
     raise ValueError(f'diagnostics_every={config.diagnostics_every} must be >= 0 '
                      '(0 turns diagnostics off)')

@@ -21,18 +21,21 @@ class Progress:
     bar: draw a bar; default: only when ``echo`` is ``print`` and ``file`` is a
       terminal (a custom ``echo``, as tests and loggers pass, gets plain lines).
     file: the bar's stream (default ``sys.stderr``).
+    start_step: steps already done (a resumed run); the pace counts only the rest.
   """
 
   def __init__(self, total_steps: int, *, echo: Callable[[str], Any] = print,
-               bar: bool | None = None, file: TextIO | None = None):
+               bar: bool | None = None, file: TextIO | None = None,
+               start_step: int = 0):
     file = file or sys.stderr
     if bar is None:
       bar = echo is print and file.isatty()
     self.total_steps = total_steps
     self._echo = echo
     self._start = time.time()
-    self._done = 0
-    self._bar = (tqdm.tqdm(total=total_steps, unit='step', file=file,
+    self._start_step = start_step
+    self._done = start_step
+    self._bar = (tqdm.tqdm(total=total_steps, initial=start_step, unit='step', file=file,
                            dynamic_ncols=True, leave=False, mininterval=0.5)
                  if bar else None)
 
@@ -61,9 +64,9 @@ class Progress:
     self.echo(format_record(record, self.total_steps, eta_s=self.eta_s(record['step'])))
 
   def eta_s(self, step: int) -> float:
-    """Seconds left at the mean pace so far: elapsed/step · (total − step)."""
+    """Seconds left at the mean pace so far: elapsed/steps run · (total − step)."""
     elapsed = time.time() - self._start
-    return elapsed / max(step, 1) * (self.total_steps - step)
+    return elapsed / max(step - self._start_step, 1) * (self.total_steps - step)
 
   def close(self):
     if self._bar is not None:

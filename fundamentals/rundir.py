@@ -64,6 +64,25 @@ def append_jsonl(path: pathlib.Path, record: dict[str, Any]):
     f.write(json.dumps(_jsonable(record), sort_keys=True) + '\n')
 
 
+def write_jsonl(path: pathlib.Path, records: list[dict[str, Any]]):
+  """Writes records as JSON lines atomically (a temporary file renamed into place)."""
+  with tempfile.NamedTemporaryFile('w', dir=path.parent, suffix='.tmp',
+                                   delete=False) as f:
+    for record in records:
+      f.write(json.dumps(_jsonable(record), sort_keys=True) + '\n')
+  os.replace(f.name, path)
+
+
 def read_jsonl(path: pathlib.Path) -> list[dict[str, Any]]:
+  """The records of a JSON-lines file. A last line cut short (a run killed while
+  appending it) is left out; a bad line elsewhere raises."""
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    lines = [line for line in f if line.strip()]
+  records = []
+  for i, line in enumerate(lines):
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError:
+      if i < len(lines) - 1 or line.endswith('\n'):
+        raise
+  return records

@@ -169,9 +169,10 @@ def run(base: Config, axes: dict[str, list[Any]], *, workdir: str | pathlib.Path
         echo: Callable[[str], Any] = print) -> list[dict[str, Any]]:
   """Runs this shard's unfinished members, then collects and writes the results.
 
-  ``run_member(config, overwrite=True)`` trains one member. With ``run_group``, the
-  unfinished members with equal ``group_key(config)`` are trained together by
-  ``run_group(configs, overwrite=True)`` (e.g. vmapped, ``--vectorize``).
+  ``run_member(config, overwrite=True, resume=True)`` trains one member (going on from
+  its checkpoint if it has one). With ``run_group``, the unfinished members with equal
+  ``group_key(config)`` are trained together by ``run_group(configs, overwrite=True,
+  resume=True)`` (e.g. vmapped, ``--vectorize``).
   """
   if run_group is not None and group_key is None:
     raise ValueError('run_group needs the group_key that says which members go together')
@@ -198,11 +199,11 @@ def run(base: Config, axes: dict[str, list[Any]], *, workdir: str | pathlib.Path
     where = ','.join(str(position[m.name]) for m in batch)
     if len(batch) == 1:
       echo(f'[{where}/{len(mine)}] {batch[0].name}')
-      run_member(batch[0].config, overwrite=True)
+      run_member(batch[0].config, overwrite=True, resume=True)
     else:
       echo(f'[{where}/{len(mine)}] {len(batch)} members together: '
            + ', '.join(m.name for m in batch))
-      run_group([m.config for m in batch], overwrite=True)
+      run_group([m.config for m in batch], overwrite=True, resume=True)
   return summarize(workdir, echo=echo) if runtime.is_main_process() else []
 
 

@@ -28,16 +28,18 @@ _RECORD_TAGS = {
 }
 
 
-def create_writer(logdir: str | pathlib.Path, *, overwrite: bool = False) -> SummaryWriter:
+def create_writer(logdir: str | pathlib.Path, *, overwrite: bool = False,
+                  purge_step: int | None = None) -> SummaryWriter:
   """A writer of ``events.out.tfevents.*`` files in ``logdir`` (the run directory).
 
   With ``overwrite``, the event files of a previous run there are deleted first:
-  TensorBoard would otherwise merge both runs into one set of curves.
+  TensorBoard would otherwise merge both runs into one set of curves. ``purge_step``
+  (a resumed run) tells TensorBoard to drop the earlier files' events from that step on.
   """
   if overwrite:
     for path in pathlib.Path(logdir).glob('events.out.tfevents.*'):
       path.unlink()
-  return SummaryWriter(logdir=str(logdir))
+  return SummaryWriter(logdir=str(logdir), purge_step=purge_step)
 
 
 def scalar_tags(record: dict[str, Any]) -> dict[str, float]:

@@ -25,6 +25,7 @@ from flax import nnx
 
 from fundamentals import augment as augment_lib
 from fundamentals import backprop
+from fundamentals import checkpoints
 from fundamentals import data as data_lib
 from fundamentals import diagnostics
 from fundamentals import doctor
@@ -315,21 +316,24 @@ class Fit(NamedTuple):
 
 
 def train(config: Config, *, dataset: data_lib.Dataset | None = None,
-          overwrite: bool = False, echo: Callable[[str], Any] = print) -> dict[str, Any]:
+          overwrite: bool = False, resume: bool = False,
+          echo: Callable[[str], Any] = print) -> dict[str, Any]:
   """Trains one model as ``config`` says; writes the run directory; returns the summary."""
-  return fit(config, dataset=dataset, overwrite=overwrite, echo=echo).summary
+  return fit(config, dataset=dataset, overwrite=overwrite, resume=resume,
+             echo=echo).summary
 
 
 def train_group(configs: Sequence[Config], *, dataset: data_lib.Dataset | None = None,
-                overwrite: bool = False,
+                overwrite: bool = False, resume: bool = False,
                 echo: Callable[[str], Any] = print) -> list[dict[str, Any]]:
   """:func:`fit_group`'s summaries: runs of one structure trained together."""
   return [f.summary for f in fit_group(configs, dataset=dataset, overwrite=overwrite,
-                                       echo=echo)]
+                                       resume=resume, echo=echo)]
 
 
 def fit(config: Config, *, dataset: data_lib.Dataset | None = None,
-        overwrite: bool = False, echo: Callable[[str], Any] = print) -> Fit:
+        overwrite: bool = False, resume: bool = False,
+        echo: Callable[[str], Any] = print) -> Fit:
   """Trains one model as ``config`` says; writes the run directory; returns ``Fit``.
 
   Writes ``config.json`` before training; one ``metrics.jsonl`` record per
@@ -339,15 +343,18 @@ def fit(config: Config, *, dataset: data_lib.Dataset | None = None,
   ``summary.json`` with the doctor's findings, and ``report.md``. The doctor also runs
   on the init (the initial loss and the first step's diagnostics). A non-finite loss
   or gradient stops the run, marked ``diverged`` at the first non-finite step.
+  Checkpoints and ``resume``: :func:`fit_group`.
   """
-  return fit_group([config], dataset=dataset, overwrite=overwrite, echo=echo)[0]
+  return fit_group([config], dataset=dataset, overwrite=overwrite, resume=resume,
+                   echo=echo)[0]
 
 
 class _Run:
   """The host side of one run of a group: its directory, records, snapshots, status."""
 
   def __init__(self, config: Config, workdir: pathlib.Path, *, schedule, initial,
-               prefix: str, echo: Callable[[str], Any], overwrite: bool):
+               prefix: str, echo: Callable[[str], Any], overwrite: bool,
+               resume_step: int = 0):
     self.config, self.workdir, self.schedule = config, workdir, schedule
     self.initial = initial  # {'initial_loss', 'expected_initial_loss'}
     self.prefix = prefix  # Before each line of a vectorized run: '[its directory] '.
@@ -356,10 +363,33 @@ class _Run:
     self.snapshots: dict[str, tuple] = {}  # 'init', 'end': (step, scalars, samples)
     self.status, self.diverged_at = 'completed', None
     self.lsuv: list[dict[str, float]] | None = None  # Per layer, with --init=lsuv.
+    self.init_histograms = None  # Of the init snapshot, once computed (or restored).
+    if resume_step:  # TensorBoard drops the killed run's events after the checkpoint.
+      self.writer = tensorboard_events.create_writer(workdir, purge_step=resume_step + 1)
+      return
     if overwrite:  # Outputs a new run might not rewrite (e.g. without diagnostics).
       for name in ('diagnostics.json', 'report.md', *plots.FIGURES):
         (workdir / name).unlink(missing_ok=True)
+      checkpoints.remove(workdir)
     self.writer = tensorboard_events.create_writer(workdir, overwrite=overwrite)
+
+  def resume(self, host: dict[str, Any]):
+    """Takes up a checkpoint's host side: records up to its step, init diagnostics."""
+    path = self.workdir / 'metrics.jsonl'
+    self.records = [r for r in rundir.read_jsonl(path) if r['step'] <= host['step']]
+    rundir.write_jsonl(path, self.records)  # Without the records after the checkpoint.
+    if 'init' in host:
+      self.snapshots['init'] = (host['init']['step'], host['init']['scalars'], None)
+      self.init_histograms = host['init']['histograms']
+
+  def checkpoint_host(self) -> dict[str, Any]:
+    """What a checkpoint keeps of the host side besides the step: init diagnostics."""
+    if 'init' not in self.snapshots:
+      return {}
+    step, scalars, samples = self.snapshots['init']
+    if self.init_histograms is None:
+      self.init_histograms = diagnostics.histograms(samples)
+    return {'init': {'step': step, 'scalars': scalars, 'histograms': self.init_histograms}}
 
   @property
   def active(self) -> bool:
@@ -370,7 +400,8 @@ class _Run:
 
 
 def fit_group(configs: Sequence[Config], *, dataset: data_lib.Dataset | None = None,
-              overwrite: bool = False, echo: Callable[[str], Any] = print) -> list[Fit]:
+              overwrite: bool = False, resume: bool = False,
+              echo: Callable[[str], Any] = print) -> list[Fit]:
   """Trains runs that differ only in ``PER_RUN`` values together; one ``Fit`` per run.
 
   One run trains on its own (:func:`fit`). Several train in one jitted program,
@@ -378,6 +409,11 @@ def fit_group(configs: Sequence[Config], *, dataset: data_lib.Dataset | None = N
   on-device dataset (``--vectorize``): each still gets its own run directory, records,
   diagnostics, figures and summary, the same as alone up to float rounding. A run
   that diverges is marked ``diverged`` and no longer recorded; the others go on.
+
+  Every ``checkpoint_every`` steps each run saves a checkpoint (``checkpoints``).
+  ``resume``: runs whose directories hold this config and checkpoints of one step go on
+  from there (``metrics.jsonl`` cut back to it) with the same numbers as without the
+  interruption; otherwise they start afresh, as with ``overwrite``.
   """
   configs = list(configs)
   if not configs:
@@ -398,7 +434,11 @@ def fit_group(configs: Sequence[Config], *, dataset: data_lib.Dataset | None = N
                      f'{workdirs}')
   start_time = time.time()
   mesh = runtime.data_mesh(config.batch_size) if config.data_parallel else None
-  workdirs = [_start_workdir(c, overwrite=overwrite) for c in configs]
+  saved = [_resumable(c) for c in configs] if resume else []
+  start_step = saved[0]['step'] if saved and saved[0] and all(
+      h and h['step'] == saved[0]['step'] for h in saved) else 0
+  resumed = start_step > 0
+  workdirs = [_start_workdir(c, overwrite=overwrite, resume=resumed) for c in configs]
   if dataset is None:
     dataset = data_lib.load_configured(config)
   num_train = len(dataset.train_labels)
@@ -417,9 +457,12 @@ def fit_group(configs: Sequence[Config], *, dataset: data_lib.Dataset | None = N
     graphs, state = split_model(model, tx, augment_key=augment_key if c.augment else None)
     initial_loss = measure_initial_loss(graphs, state, dataset)
     run = _Run(c, workdir, schedule=schedule, prefix=f'[{workdir.name}] ' if vectorized
-               else '', echo=echo, overwrite=overwrite,
+               else '', echo=echo, overwrite=overwrite, resume_step=start_step,
                initial={'initial_loss': initial_loss, 'expected_initial_loss': expected})
     run.lsuv = lsuv
+    if resumed:
+      state = checkpoints.restore(workdir, start_step, like=state)
+      run.resume(saved[len(runs)])
     runs.append(run)
     states.append(state)
     shuffle_keys.append(shuffle_key)
@@ -442,6 +485,8 @@ def fit_group(configs: Sequence[Config], *, dataset: data_lib.Dataset | None = N
     run.echo(f'initial loss {run.initial["initial_loss"]:.4f}  (expected '
              f'ln({dataset.num_classes}) = {expected:.4f}, ratio '
              f'{run.initial["initial_loss"] / expected:.2f})')
+    if resumed:
+      run.echo(f'resumed from the checkpoint at step {start_step}')
 
   steps = compiled_steps(graphs, structure, mesh=mesh, vectorized=vectorized)
   state = jax.tree.map(lambda *xs: jnp.stack(xs), *states) if vectorized else states[0]
@@ -461,14 +506,14 @@ def fit_group(configs: Sequence[Config], *, dataset: data_lib.Dataset | None = N
   init_future = (_measure_init_in_background(steps.train, state, images, labels,
                                              epoch_perm(0), mean, std,
                                              in_order=mesh is not None)
-                 if config.diagnostics_every else None)
-  pending, last_time, last_step = [], time.time(), 0
+                 if config.diagnostics_every and not resumed else None)
+  pending, last_time, last_step = [], time.time(), start_step
   host_work = []  # Callables run after the next step is dispatched.
-  bar = progress.Progress(config.steps, echo=echo)
+  bar = progress.Progress(config.steps, echo=echo, start_step=start_step)
   for run in runs:
     run.out = bar.echo
   loop_start = time.time()
-  if init_future is None:
+  if init_future is None and not resumed:
     for run in runs:
       _report_findings(run.echo, 'doctor at init',
                        doctor.examine(doctor.Run(run.config, run.initial)))
@@ -484,9 +529,9 @@ def fit_group(configs: Sequence[Config], *, dataset: data_lib.Dataset | None = N
           run.config, run.initial, diagnostics={'init': run.snapshots['init'][1]})))
 
   perm = None
-  for step in range(config.steps):
+  for step in range(start_step, config.steps):
     epoch, position = divmod(step, steps_per_epoch)
-    if position == 0:
+    if position == 0 or perm is None:
       perm = epoch_perm(epoch)
     done = step + 1
     diagnose = _is_diagnostics_step(done, config)
@@ -548,6 +593,14 @@ def fit_group(configs: Sequence[Config], *, dataset: data_lib.Dataset | None = N
         bar.record(record)
       if not run.active:
         run.echo(f'loss is not finite at step {run.diverged_at}: stopping (diverged)')
+    if _is_checkpoint_step(done, config):
+      if init_future is not None:
+        take_init_diagnostics()
+        init_future = None
+      for run, run_state in zip(runs, _per_run(state, vectorized)):
+        if run.active:
+          runtime.on_main_process(functools.partial(
+              checkpoints.save, run.workdir, done, run_state, host=run.checkpoint_host()))
     if not any(run.active for run in runs):
       break
   if init_future is not None:
@@ -585,6 +638,8 @@ def fit_group(configs: Sequence[Config], *, dataset: data_lib.Dataset | None = N
     }
     if run.lsuv:
       summary['lsuv'] = run.lsuv
+    if resumed:
+      summary['resumed_from_step'] = start_step
     if run.status == 'completed':
       for split, result in final.items():
         summary[f'final_{split}_loss'] = _item(result['loss'], i)
@@ -594,16 +649,35 @@ def fit_group(configs: Sequence[Config], *, dataset: data_lib.Dataset | None = N
                f'{summary["final_test_loss"]:.4f} acc {summary["final_test_accuracy"]:.2%}')
     summary['workdir'] = str(run.workdir)
     _write_outputs(run, summary=summary, drawn=drawing, start_time=start_time)
+    checkpoints.remove(run.workdir)  # Finished (summary written): nothing to resume.
     fits.append(Fit(summary, graphs, final_states[i]))
     if not runtime.is_main_process():  # Its copy of process 0's files.
       shutil.rmtree(run.workdir, ignore_errors=True)
   return fits
 
 
-def _start_workdir(config: Config, *, overwrite: bool) -> pathlib.Path:
-  """The run directory; in a multi-host run, only process 0 writes the real one (the
-  others write to a temporary directory, removed at the end)."""
-  workdir = runtime.on_main_process(lambda: rundir.start(config, overwrite=overwrite))
+def _resumable(config: Config) -> dict[str, Any] | None:
+  """The latest checkpoint's host side, when ``config.workdir`` holds an unfinished
+  run of this same config that saved one; else None."""
+  workdir = pathlib.Path(config.workdir) if config.workdir else None
+  if workdir is None or (workdir / 'summary.json').exists():
+    return None
+  try:
+    same = Config.from_json((workdir / 'config.json').read_text()) == config
+  except (OSError, ValueError, TypeError):
+    return None
+  return checkpoints.latest(workdir) if same else None
+
+
+def _start_workdir(config: Config, *, overwrite: bool, resume: bool = False
+                   ) -> pathlib.Path:
+  """The run directory (kept as it is to ``resume``); in a multi-host run, only
+  process 0 writes the real one (the others write to a temporary directory, removed
+  at the end)."""
+  if resume:
+    workdir = runtime.on_main_process(lambda: pathlib.Path(config.workdir))
+  else:
+    workdir = runtime.on_main_process(lambda: rundir.start(config, overwrite=overwrite))
   if workdir is None:
     workdir = pathlib.Path(tempfile.mkdtemp(
         prefix=f'fundamentals-process{jax.process_index()}-'))
@@ -680,17 +754,27 @@ def _is_diagnostics_step(done: int, config: Config) -> bool:
   return bool(every) and (done % every == 0 or done == config.steps)
 
 
+def _is_checkpoint_step(done: int, config: Config) -> bool:
+  """Every ``checkpoint_every`` steps (0: never), but not at the end: a finished run
+  needs none."""
+  every = config.checkpoint_every
+  return bool(every) and done % every == 0 and done < config.steps
+
+
 def _is_record_step(done: int, config: Config) -> bool:
-  """A metrics record every ``log_every`` steps, at diagnostics steps, and at the end."""
+  """A metrics record every ``log_every`` steps, at diagnostics and checkpoint steps,
+  and at the end."""
   return (done % config.log_every == 0 or done == config.steps
-          or _is_diagnostics_step(done, config))
+          or _is_diagnostics_step(done, config) or _is_checkpoint_step(done, config))
 
 
 def _draw(run: _Run) -> tuple[dict[str, Any], dict[str, str]]:
   """Writes a run's diagnostics.json and figures; returns ``(diagnostics scalars per
   phase, {figure file: caption})``."""
   measured = {phase: {'step': step, 'scalars': scalars,
-                      'histograms': diagnostics.histograms(samples)}
+                      'histograms': (run.init_histograms if phase == 'init' and
+                                     run.init_histograms is not None
+                                     else diagnostics.histograms(samples))}
               for phase, (step, scalars, samples) in run.snapshots.items()}
   if measured:
     rundir.write_json(run.workdir / 'diagnostics.json', measured)
@@ -719,7 +803,8 @@ def _write_outputs(run: _Run, *, summary: dict[str, Any],
   run.writer.add_text('doctor', '\n\n'.join(doctor.format_finding(f) for f in findings)
                       or 'no findings')
   run.writer.close()
-  files = sorted(p.name for p in run.workdir.iterdir() if not p.name.startswith('events.'))
+  files = sorted(p.name for p in run.workdir.iterdir()
+                 if not p.name.startswith('events.') and p.name != checkpoints.DIRNAME)
   run.echo(f'wrote {run.workdir}/ ({", ".join(files)}, TensorBoard events) in '
            f'{summary["wall_time_s"]:.1f}s')
 

@@ -2,9 +2,11 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 
 import pytest
 
@@ -78,3 +80,61 @@ def test_experiment_list():
   assert result.returncode == 0
   listed = [line.split()[0] for line in result.stdout.splitlines()]
   assert listed == sorted(experiments.EXPERIMENTS)
+
+
+@pytest.mark.slow
+def test_resume_goes_on_with_an_interrupted_run(tmp_path, data_dir, small_dataset):
+  from fundamentals import train  # pylint: disable=g-import-not-at-top
+  from fundamentals.config import Config  # pylint: disable=g-import-not-at-top
+  from test_train import Interrupted, interrupt_at  # pylint: disable=g-import-not-at-top
+  flags = dict(dataset=SMALL, data_dir=data_dir, hidden=(8,), steps=12, batch_size=50,
+               log_every=4, eval_every=12, diagnostics_every=0, checkpoint_every=4)
+  workdir = tmp_path / 'run'
+  with pytest.raises(Interrupted):
+    train.train(Config(workdir=str(workdir), **flags), dataset=small_dataset,
+                echo=interrupt_at(8))
+  args = [f'--dataset={SMALL}', f'--data_dir={data_dir}', '--hidden=8', '--steps=12',
+          '--batch_size=50', '--log_every=4', '--eval_every=12', '--diagnostics_every=0',
+          '--checkpoint_every=4', f'--workdir={workdir}']
+  refused = launch(*args)
+  assert refused.returncode != 0 and 'already holds a run' in refused.stderr
+  result = launch(*args, '--resume')
+  assert result.returncode == 0, result.stderr
+  # Stopped at the line of step 8, before its checkpoint: it goes on from step 4.
+  assert 'resumed from the checkpoint at step 4' in result.stdout
+  summary = json.loads((workdir / 'summary.json').read_text())
+  assert summary['status'] == 'completed' and summary['resumed_from_step'] == 4
+  assert [r['step'] for r in rundir.read_jsonl(workdir / 'metrics.jsonl')] == [4, 8, 12]
+  wrong = launch('--experiment=batchnorm', '--resume', f'--workdir={workdir}')
+  assert wrong.returncode != 0 and '--resume goes on with a training run' in wrong.stderr
+
+
+@pytest.mark.slow
+def test_a_run_killed_with_sigkill_resumes_to_the_numbers_of_one_never_killed(tmp_path,
+                                                                               data_dir):
+  args = [f'--dataset={SMALL}', f'--data_dir={data_dir}', '--hidden=16', '--steps=3000',
+          '--batch_size=50', '--log_every=100', '--eval_every=3000',
+          '--diagnostics_every=0', '--checkpoint_every=100']
+  killed = tmp_path / 'killed'
+  process = subprocess.Popen([sys.executable, str(REPO / 'launch.py'), *args,
+                              f'--workdir={killed}'], cwd=REPO, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL,
+                             env=dict(os.environ, FUNDAMENTALS_CACHE=CACHE))
+  deadline = time.time() + 120
+  while not (killed / 'checkpoint' / 'latest.json').exists() and time.time() < deadline:
+    time.sleep(0.02)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  assert not (killed / 'summary.json').exists()  # Killed mid-run.
+  resumed = launch(*args, f'--workdir={killed}', '--resume')
+  assert resumed.returncode == 0, resumed.stderr
+  whole = launch(*args, f'--workdir={tmp_path / "whole"}')
+  assert whole.returncode == 0, whole.stderr
+  a, b = (json.loads((tmp_path / name / 'summary.json').read_text())
+          for name in ('whole', 'killed'))
+  assert b['resumed_from_step'] >= 100
+  for key in ('final_train_loss', 'final_test_loss', 'final_test_accuracy'):
+    assert a[key] == b[key]
+  losses = [[r['train_loss'] for r in rundir.read_jsonl(tmp_path / name / 'metrics.jsonl')]
+            for name in ('whole', 'killed')]
+  assert losses[0] == losses[1] and len(losses[0]) == 30

@@ -46,3 +46,11 @@ def test_on_a_terminal_the_bar_shows_step_loss_lr_and_speed(capsys):
   assert '100/1500' in bar and 'loss=1.6115' in bar and 'lr=0.0495' in bar
   assert 'ex_s=5,630' in bar
   assert 'step  100/1500  loss 1.6115' in capsys.readouterr().out  # lines above the bar
+
+
+def test_a_resumed_run_paces_its_eta_by_the_steps_it_ran(monkeypatch):
+  clock = iter([1000.0, 1010.0])  # Made at t=1000; asked 10 s later.
+  monkeypatch.setattr(progress.time, 'time', lambda: next(clock))
+  p = progress.Progress(100, echo=lambda line: None, start_step=50)
+  # 10 steps (50 → 60) in 10 s: 40 left take 40 s (not 10/60·40 ≈ 7 s).
+  assert p.eta_s(60) == 40.0

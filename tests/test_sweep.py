@@ -13,7 +13,8 @@ BASE = Config(dataset='synthetic_fruits/small', hidden=(8,), steps=5, batch_size
 
 def fake_member(calls, fail_on=None):
   """Stands in for train.train: records the call and writes a summary like it does."""
-  def run(config, *, overwrite=False):
+  def run(config, *, overwrite=False, resume=False):
+    assert resume  # A sweep goes on from a member's checkpoint when it has one.
     calls.append(config)
     workdir = rundir.create(config.workdir, overwrite=overwrite)
     status = 'diverged' if config.lr == fail_on else 'completed'
@@ -165,14 +166,14 @@ def test_members_of_one_structure_run_together_when_grouped(tmp_path):
   axes = sweep.parse_axes({'activation': ['tanh', 'relu'], 'seed': ['0', '1', '2']})
   singles, groups = [], []
 
-  def run_group(configs, *, overwrite=False):
+  def run_group(configs, *, overwrite=False, resume=False):
     groups.append([c.seed for c in configs])
-    return [fake_member([])(c, overwrite=overwrite) for c in configs]
+    return [fake_member([])(c, overwrite=overwrite, resume=resume) for c in configs]
 
   # seed-2 of tanh finished earlier: it is not run again, the rest of its group is.
   first = sweep.expand(BASE, axes, workdir=tmp_path)[2]
   assert first.name == 'activation-tanh__seed-2'
-  fake_member([])(first.config)
+  fake_member([])(first.config, resume=True)
   rows = sweep.run(BASE, axes, workdir=tmp_path, run_member=fake_member(singles),
                    run_group=run_group, group_key=lambda c: c.activation, echo=print)
   assert groups == [[0, 1], [0, 1, 2]] and not singles

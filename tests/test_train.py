@@ -327,3 +327,51 @@ def test_lsuv_init_gives_unit_variance_layers_and_trains(tmp_path, small_dataset
   train.apply_data_dependent_init(Config(init='lsuv'), model, small_dataset)
   assert np.asarray(model.dense[0].kernel[...]).std() != pytest.approx(before, rel=1e-3)
   assert train.apply_data_dependent_init(Config(), model, small_dataset) is None
+
+
+class Interrupted(Exception):
+  """Stands in for kill -9: the run stops between two lines of its output."""
+
+
+def interrupt_at(step: int):
+  def echo(line):
+    words = line.split(']')[-1].split()  # Without a vectorized run's '[name]'.
+    if words[:1] == ['step'] and words[1].startswith(f'{step}/'):
+      raise Interrupted
+  return echo
+
+
+@pytest.mark.parametrize('num_runs', [1, 2])
+def test_an_interrupted_run_resumes_from_its_checkpoint_with_the_same_numbers(
+    tmp_path, small_dataset, num_runs):
+  base = dict(TINY, steps=20, log_every=5, eval_every=10, diagnostics_every=10,
+              checkpoint_every=10, hidden=(16,), augment=('flip',))
+  def configs(name):
+    return [Config(workdir=str(tmp_path / f'{name}{seed}'), seed=seed, **base)
+            for seed in range(num_runs)]
+  whole = train.fit_group(configs('whole'), dataset=small_dataset, echo=lambda line: None)
+  with pytest.raises(Interrupted):
+    train.fit_group(configs('cut'), dataset=small_dataset, echo=interrupt_at(15))
+  cut = tmp_path / 'cut0'
+  assert [r['step'] for r in rundir.read_jsonl(cut / 'metrics.jsonl')] == [5, 10, 15]
+  assert (cut / 'checkpoint' / '10').is_dir() and not (cut / 'summary.json').exists()
+  with pytest.raises(FileExistsError, match='already holds a run'):  # Not without consent.
+    train.fit_group(configs('cut'), dataset=small_dataset, echo=lambda line: None)
+  lines = []
+  resumed = train.fit_group(configs('cut'), dataset=small_dataset, resume=True,
+                            echo=lines.append)
+  assert any('resumed from the checkpoint at step 10' in line for line in lines)
+  for seed, (a, b) in enumerate(zip(whole, resumed)):
+    assert b.summary['resumed_from_step'] == 10
+    for key in ('initial_loss', 'final_train_loss', 'final_test_loss', 'final_test_accuracy'):
+      assert a.summary[key] == b.summary[key]
+    records = [rundir.read_jsonl(tmp_path / f'{name}{seed}' / 'metrics.jsonl')
+               for name in ('whole', 'cut')]
+    assert [r['step'] for r in records[1]] == [5, 10, 15, 20]
+    for key in ('train_loss', 'train_accuracy', 'lr', 'test_loss'):
+      assert [r.get(key) for r in records[0]] == [r.get(key) for r in records[1]]
+    diagnosed = [json.loads((tmp_path / f'{name}{seed}' / 'diagnostics.json').read_text())
+                 for name in ('whole', 'cut')]
+    assert diagnosed[0]['init'] == diagnosed[1]['init']  # Kept in the checkpoint.
+    assert diagnosed[0]['end']['scalars'] == diagnosed[1]['end']['scalars']
+    assert not (tmp_path / f'cut{seed}' / 'checkpoint').exists()  # Finished: removed.
