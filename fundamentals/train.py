@@ -434,10 +434,17 @@ def fit_group(configs: Sequence[Config], *, dataset: data_lib.Dataset | None = N
                      f'{workdirs}')
   start_time = time.time()
   mesh = runtime.data_mesh(config.batch_size) if config.data_parallel else None
-  saved = [_resumable(c) for c in configs] if resume else []
+  saved, why_not = zip(*[_resumable(c) for c in configs]) if resume else ([], [])
   start_step = saved[0]['step'] if saved and saved[0] and all(
       h and h['step'] == saved[0]['step'] for h in saved) else 0
   resumed = start_step > 0
+  if resume and not resumed and not overwrite:
+    reasons = [f'{c.workdir}: {why}' for c, why in zip(configs, why_not)
+               if why and (pathlib.Path(c.workdir) / 'config.json').exists()]
+    if reasons or any(saved):
+      raise FileExistsError('cannot resume ' + '; '.join(
+          reasons or ['the checkpoints of these runs are of different steps'])
+          + ' (--overwrite starts afresh)')
   workdirs = [_start_workdir(c, overwrite=overwrite, resume=resumed) for c in configs]
   if dataset is None:
     dataset = data_lib.load_configured(config)
@@ -632,7 +639,7 @@ def fit_group(configs: Sequence[Config], *, dataset: data_lib.Dataset | None = N
         'steps': run_steps,
         # Of the group's training loop, for a vectorized run.
         'train_loop_s': train_loop_s,
-        'examples_per_sec': run_steps * config.batch_size / train_loop_s,
+        'examples_per_sec': (run_steps - start_step) * config.batch_size / train_loop_s,
         'devices': mesh.size if mesh is not None else 1,
         'vectorized_runs': len(runs),
     }
@@ -656,17 +663,23 @@ def fit_group(configs: Sequence[Config], *, dataset: data_lib.Dataset | None = N
   return fits
 
 
-def _resumable(config: Config) -> dict[str, Any] | None:
-  """The latest checkpoint's host side, when ``config.workdir`` holds an unfinished
-  run of this same config that saved one; else None."""
+def _resumable(config: Config) -> tuple[dict[str, Any] | None, str]:
+  """``(the latest checkpoint's host side, '')`` when ``config.workdir`` holds an
+  unfinished run of this same config that saved one; else ``(None, why not)``."""
   workdir = pathlib.Path(config.workdir) if config.workdir else None
-  if workdir is None or (workdir / 'summary.json').exists():
-    return None
+  if workdir is None or not (workdir / 'config.json').exists():
+    return None, 'it holds no run'
+  if (workdir / 'summary.json').exists():
+    return None, 'that run finished'
   try:
-    same = Config.from_json((workdir / 'config.json').read_text()) == config
-  except (OSError, ValueError, TypeError):
-    return None
-  return checkpoints.latest(workdir) if same else None
+    stored = Config.from_json((workdir / 'config.json').read_text())
+  except (ValueError, TypeError) as e:
+    return None, f'its config.json is unreadable ({e})'
+  if stored != config:
+    differ = sorted(k for k, v in stored.to_dict().items() if config.to_dict()[k] != v)
+    return None, f'that run had other settings ({", ".join(differ)})'
+  host = checkpoints.latest(workdir)
+  return host, '' if host else 'that run saved no checkpoint'
 
 
 def _start_workdir(config: Config, *, overwrite: bool, resume: bool = False

@@ -375,3 +375,18 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_with_the_same_numbers(
     assert diagnosed[0]['init'] == diagnosed[1]['init']  # Kept in the checkpoint.
     assert diagnosed[0]['end']['scalars'] == diagnosed[1]['end']['scalars']
     assert not (tmp_path / f'cut{seed}' / 'checkpoint').exists()  # Finished: removed.
+
+
+def test_resume_says_why_a_run_cannot_go_on(tmp_path, small_dataset):
+  config = Config(workdir=str(tmp_path / 'a'), checkpoint_every=0, **TINY)
+  with pytest.raises(Interrupted):
+    train.fit(config, dataset=small_dataset, echo=interrupt_at(20))
+  with pytest.raises(FileExistsError, match='that run saved no checkpoint'):
+    train.fit(config, dataset=small_dataset, resume=True)
+  with pytest.raises(FileExistsError, match=r'that run had other settings \(lr\)'):
+    train.fit(dataclasses.replace(config, lr=0.3), dataset=small_dataset, resume=True)
+  # --overwrite starts afresh; a finished run cannot be resumed.
+  train.fit(config, dataset=small_dataset, resume=True, overwrite=True,
+            echo=lambda line: None)
+  with pytest.raises(FileExistsError, match='that run finished'):
+    train.fit(config, dataset=small_dataset, resume=True)
