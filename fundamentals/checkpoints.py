@@ -1,11 +1,15 @@
 """Checkpoints of a run in training, so that a killed run goes on where it was.
 
-``<workdir>/checkpoint/<step>/`` holds the run's ``TrainState`` (orbax), and
-``<workdir>/checkpoint/latest.json`` what the host needs besides: the step and the
-init diagnostics. ``latest.json`` is written atomically after the state is complete, so
-it always names a whole checkpoint; older checkpoints are then removed.
+``<workdir>/checkpoint/<step>/`` holds the run's ``TrainState`` (orbax, its leaves in
+order; PRNG keys as key data) and ``<workdir>/checkpoint/<step>.json`` what the host
+needs besides (status, init diagnostics), written atomically after the state: a step
+with both is a whole checkpoint. Writers save every run of a group first and
+:func:`prune` the older steps after, so a kill in between leaves a step they share.
+Only process 0 of a multi-host run saves and restores (its checkpointer waits for no
+other process); the others get the state by broadcast.
 """
 
+import json
 import pathlib
 import shutil
 from typing import Any
@@ -22,51 +26,69 @@ def _is_key(x) -> bool:
   return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
-def save(workdir: pathlib.Path, step: int, state, *, host: dict[str, Any]):
-  """Saves ``state`` (any pytree; PRNG keys as their key data) after ``step`` steps,
-  with ``host`` (JSON-ready) in ``latest.json``; keeps only this checkpoint."""
+def _checkpointer():
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top  # Slow to import.
-  root = pathlib.Path(workdir) / DIRNAME
+  return ocp.StandardCheckpointer(multiprocessing_options=ocp.options.MultiprocessingOptions(
+      primary_host=jax.process_index(), active_processes={jax.process_index()}))
+
+
+def raw_leaves(state) -> list[np.ndarray]:
+  """The leaves of ``state`` as NumPy arrays, PRNG keys as their key data."""
   leaves = [jax.random.key_data(x) if _is_key(x) else x for x in jax.tree.leaves(state)]
+  return [np.asarray(x) for x in jax.device_get(leaves)]
+
+
+def from_raw_leaves(leaves: list[np.ndarray], like):
+  """The inverse of :func:`raw_leaves`: the structure, dtypes and key types of
+  ``like``; raises ValueError when the arrays do not fit it."""
+  template, treedef = jax.tree.flatten(like)
+  shapes = [np.shape(x) for x in raw_leaves(like)]
+  if [np.shape(x) for x in leaves] != shapes:
+    raise ValueError(f'the checkpoint holds {len(leaves)} arrays of shapes '
+                     f'{[np.shape(x) for x in leaves][:4]}…; this run has {len(shapes)} of '
+                     f'{shapes[:4]}…: a different model or optimizer')
+  return jax.tree.unflatten(treedef, [
+      jax.random.wrap_key_data(np.asarray(x), impl=jax.random.key_impl(t)) if _is_key(t)
+      else np.asarray(x, dtype=np.asarray(t).dtype) for x, t in zip(leaves, template)])
+
+
+def save(workdir: pathlib.Path, step: int, state, *, host: dict[str, Any]):
+  """Saves ``state`` after ``step`` steps, then ``host`` (JSON-ready) beside it."""
+  root = pathlib.Path(workdir) / DIRNAME
   path = root / str(step)
   if path.exists():  # Left by a run killed while saving it.
     shutil.rmtree(path)
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(path.resolve(), {'leaves': [np.asarray(x) for x in jax.device_get(leaves)]})
+  checkpointer = _checkpointer()
+  checkpointer.save(path.resolve(), {'leaves': raw_leaves(state)})
   checkpointer.wait_until_finished()
-  rundir.write_json(root / 'latest.json', {'step': step, **host})
-  for old in root.iterdir():
-    if old.is_dir() and old.name != str(step):
-      shutil.rmtree(old, ignore_errors=True)
+  rundir.write_json(root / f'{step}.json', {'step': step, **host})
 
 
-def latest(workdir: pathlib.Path) -> dict[str, Any] | None:
-  """``latest.json`` of the newest whole checkpoint (with its ``step``), or None."""
-  path = pathlib.Path(workdir) / DIRNAME / 'latest.json'
-  if not path.exists():
-    return None
-  import json  # pylint: disable=g-import-not-at-top
-  try:
-    host = json.loads(path.read_text())
-  except json.JSONDecodeError:
-    return None
-  return host if (path.parent / str(host.get('step'))).is_dir() else None
+def available(workdir: pathlib.Path) -> dict[int, dict[str, Any]]:
+  """``{step: host}`` of the whole checkpoints in ``workdir``."""
+  root = pathlib.Path(workdir) / DIRNAME
+  found = {}
+  for path in root.glob('*.json') if root.is_dir() else []:
+    if path.stem.isdigit() and (root / path.stem).is_dir():
+      try:
+        found[int(path.stem)] = json.loads(path.read_text())
+      except json.JSONDecodeError:
+        continue
+  return found
 
 
-def restore(workdir: pathlib.Path, step: int, like):
-  """The state saved after ``step`` steps, with the structure (and key types) of
-  ``like``; arrays come back as NumPy."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+def restore_leaves(workdir: pathlib.Path, step: int) -> list[np.ndarray]:
+  """The raw leaves saved after ``step`` steps (see :func:`from_raw_leaves`)."""
   path = (pathlib.Path(workdir) / DIRNAME / str(step)).resolve()
-  leaves = ocp.StandardCheckpointer().restore(path)['leaves']
-  template, treedef = jax.tree.flatten(like)
-  if len(leaves) != len(template):
-    raise ValueError(f'checkpoint {path} holds {len(leaves)} arrays; this run has '
-                     f'{len(template)}: a different model or optimizer')
-  restored = [jax.random.wrap_key_data(np.asarray(x), impl=jax.random.key_impl(t))
-              if _is_key(t) else np.asarray(x, dtype=np.asarray(t).dtype)
-              for x, t in zip(leaves, template)]
-  return jax.tree.unflatten(treedef, restored)
+  return [np.asarray(x) for x in _checkpointer().restore(path)['leaves']]
+
+
+def prune(workdir: pathlib.Path, *, keep: int):
+  """Removes every checkpoint but step ``keep``."""
+  root = pathlib.Path(workdir) / DIRNAME
+  for path in root.iterdir() if root.is_dir() else []:
+    if path.name not in (str(keep), f'{keep}.json'):
+      shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink()
 
 
 def remove(workdir: pathlib.Path):

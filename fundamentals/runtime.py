@@ -136,6 +136,14 @@ def on_main_process(fn: Callable[[], T]) -> T | None:
   return result
 
 
+def share(value, *, like):
+  """Process 0's ``value`` (a pytree of arrays) on every process; the others pass
+  ``like``, of the same structure, shapes and dtypes."""
+  if jax.process_count() == 1:
+    return value
+  return multihost_utils.broadcast_one_to_all(value if is_main_process() else like)
+
+
 def replicate(tree, mesh: Mesh):
   """``tree`` with every array whole on every device of ``mesh`` (all hosts).
 

@@ -169,10 +169,11 @@ def run(base: Config, axes: dict[str, list[Any]], *, workdir: str | pathlib.Path
         echo: Callable[[str], Any] = print) -> list[dict[str, Any]]:
   """Runs this shard's unfinished members, then collects and writes the results.
 
-  ``run_member(config, overwrite=True, resume=True)`` trains one member (going on from
-  its checkpoint if it has one). With ``run_group``, the unfinished members with equal
+  ``run_member(config, overwrite=True, resume=not overwrite)`` trains one member,
+  going on from its checkpoint if it has one (not when the whole sweep is redone with
+  ``overwrite``). With ``run_group``, the unfinished members with equal
   ``group_key(config)`` are trained together by ``run_group(configs, overwrite=True,
-  resume=True)`` (e.g. vmapped, ``--vectorize``).
+  resume=not overwrite)`` (e.g. vmapped, ``--vectorize``).
   """
   if run_group is not None and group_key is None:
     raise ValueError('run_group needs the group_key that says which members go together')
@@ -199,11 +200,11 @@ def run(base: Config, axes: dict[str, list[Any]], *, workdir: str | pathlib.Path
     where = ','.join(str(position[m.name]) for m in batch)
     if len(batch) == 1:
       echo(f'[{where}/{len(mine)}] {batch[0].name}')
-      run_member(batch[0].config, overwrite=True, resume=True)
+      run_member(batch[0].config, overwrite=True, resume=not overwrite)
     else:
       echo(f'[{where}/{len(mine)}] {len(batch)} members together: '
            + ', '.join(m.name for m in batch))
-      run_group([m.config for m in batch], overwrite=True, resume=True)
+      run_group([m.config for m in batch], overwrite=True, resume=not overwrite)
   return summarize(workdir, echo=echo) if runtime.is_main_process() else []
 
 

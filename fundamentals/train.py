@@ -374,22 +374,28 @@ class _Run:
     self.writer = tensorboard_events.create_writer(workdir, overwrite=overwrite)
 
   def resume(self, host: dict[str, Any]):
-    """Takes up a checkpoint's host side: records up to its step, init diagnostics."""
+    """Takes up a checkpoint's host side: status, records up to its step (those
+    after it are dropped from ``metrics.jsonl``), init diagnostics."""
+    self.status, self.diverged_at = host['status'], host['diverged_at']
     path = self.workdir / 'metrics.jsonl'
-    self.records = [r for r in rundir.read_jsonl(path) if r['step'] <= host['step']]
-    rundir.write_jsonl(path, self.records)  # Without the records after the checkpoint.
+    if path.exists():  # Not in another process's scratch directory.
+      self.records = [r for r in rundir.read_jsonl(path) if r['step'] <= host['step']]
+      rundir.write_jsonl(path, self.records)
     if 'init' in host:
       self.snapshots['init'] = (host['init']['step'], host['init']['scalars'], None)
       self.init_histograms = host['init']['histograms']
 
   def checkpoint_host(self) -> dict[str, Any]:
-    """What a checkpoint keeps of the host side besides the step: init diagnostics."""
-    if 'init' not in self.snapshots:
-      return {}
-    step, scalars, samples = self.snapshots['init']
-    if self.init_histograms is None:
-      self.init_histograms = diagnostics.histograms(samples)
-    return {'init': {'step': step, 'scalars': scalars, 'histograms': self.init_histograms}}
+    """What a checkpoint keeps of the host side besides the step: the status (a
+    diverged run of a group is saved too, so that the group resumes together) and
+    the init diagnostics."""
+    host = {'status': self.status, 'diverged_at': self.diverged_at}
+    if 'init' in self.snapshots:
+      step, scalars, samples = self.snapshots['init']
+      if self.init_histograms is None:
+        self.init_histograms = diagnostics.histograms(samples)
+      host['init'] = {'step': step, 'scalars': scalars, 'histograms': self.init_histograms}
+    return host
 
   @property
   def active(self) -> bool:
@@ -434,16 +440,17 @@ def fit_group(configs: Sequence[Config], *, dataset: data_lib.Dataset | None = N
                      f'{workdirs}')
   start_time = time.time()
   mesh = runtime.data_mesh(config.batch_size) if config.data_parallel else None
-  saved, why_not = zip(*[_resumable(c) for c in configs]) if resume else ([], [])
-  start_step = saved[0]['step'] if saved and saved[0] and all(
-      h and h['step'] == saved[0]['step'] for h in saved) else 0
+  found, why_not = zip(*[_resumable(c) for c in configs]) if resume else ((), ())
+  shared = set.intersection(*(set(f) for f in found)) if found and all(found) else set()
+  start_step = max(shared, default=0)  # The newest step every run has a checkpoint of.
   resumed = start_step > 0
   if resume and not resumed and not overwrite:
     reasons = [f'{c.workdir}: {why}' for c, why in zip(configs, why_not)
                if why and (pathlib.Path(c.workdir) / 'config.json').exists()]
-    if reasons or any(saved):
-      raise FileExistsError('cannot resume ' + '; '.join(
-          reasons or ['the checkpoints of these runs are of different steps'])
+    if reasons or any(found):
+      raise FileExistsError('cannot resume ' + '; '.join(reasons or [
+          'these runs have no checkpoint step in common: ' + ', '.join(
+              f'{c.workdir}: {sorted(f)}' for c, f in zip(configs, found))])
           + ' (--overwrite starts afresh)')
   workdirs = [_start_workdir(c, overwrite=overwrite, resume=resumed) for c in configs]
   if dataset is None:
@@ -467,9 +474,12 @@ def fit_group(configs: Sequence[Config], *, dataset: data_lib.Dataset | None = N
                else '', echo=echo, overwrite=overwrite, resume_step=start_step,
                initial={'initial_loss': initial_loss, 'expected_initial_loss': expected})
     run.lsuv = lsuv
-    if resumed:
-      state = checkpoints.restore(workdir, start_step, like=state)
-      run.resume(saved[len(runs)])
+    if resumed:  # Process 0 reads the checkpoint; the other processes get it from it.
+      leaves = runtime.on_main_process(
+          functools.partial(checkpoints.restore_leaves, workdir, start_step))
+      state = checkpoints.from_raw_leaves(
+          runtime.share(leaves, like=checkpoints.raw_leaves(state)), like=state)
+      run.resume(found[len(runs)][start_step])
     runs.append(run)
     states.append(state)
     shuffle_keys.append(shuffle_key)
@@ -515,6 +525,7 @@ def fit_group(configs: Sequence[Config], *, dataset: data_lib.Dataset | None = N
                                              in_order=mesh is not None)
                  if config.diagnostics_every and not resumed else None)
   pending, last_time, last_step = [], time.time(), start_step
+  last_checkpoint = start_step
   host_work = []  # Callables run after the next step is dispatched.
   bar = progress.Progress(config.steps, echo=echo, start_step=start_step)
   for run in runs:
@@ -600,14 +611,18 @@ def fit_group(configs: Sequence[Config], *, dataset: data_lib.Dataset | None = N
         bar.record(record)
       if not run.active:
         run.echo(f'loss is not finite at step {run.diverged_at}: stopping (diverged)')
-    if _is_checkpoint_step(done, config):
+    if _checkpoint_due(done, last_checkpoint, config):
       if init_future is not None:
         take_init_diagnostics()
         init_future = None
-      for run, run_state in zip(runs, _per_run(state, vectorized)):
-        if run.active:
-          runtime.on_main_process(functools.partial(
-              checkpoints.save, run.workdir, done, run_state, host=run.checkpoint_host()))
+      for work in host_work:  # TensorBoard up to the checkpoint, on disk first.
+        work()
+      host_work.clear()
+      for run in runs:
+        run.writer.flush()
+      runtime.on_main_process(functools.partial(
+          _save_checkpoints, runs, _per_run(state, vectorized), done))
+      last_checkpoint = done
     if not any(run.active for run in runs):
       break
   if init_future is not None:
@@ -663,23 +678,25 @@ def fit_group(configs: Sequence[Config], *, dataset: data_lib.Dataset | None = N
   return fits
 
 
-def _resumable(config: Config) -> tuple[dict[str, Any] | None, str]:
-  """``(the latest checkpoint's host side, '')`` when ``config.workdir`` holds an
-  unfinished run of this same config that saved one; else ``(None, why not)``."""
+def _resumable(config: Config) -> tuple[dict[int, dict[str, Any]], str]:
+  """``({step: host side} of its checkpoints, '')`` when ``config.workdir`` holds an
+  unfinished run of this same config that saved some; else ``({}, why not)``. (In a
+  multi-host run every process reads them: a shared file system.)"""
   workdir = pathlib.Path(config.workdir) if config.workdir else None
   if workdir is None or not (workdir / 'config.json').exists():
-    return None, 'it holds no run'
+    return {}, 'it holds no run'
   if (workdir / 'summary.json').exists():
-    return None, 'that run finished'
+    return {}, 'that run finished'
   try:
     stored = Config.from_json((workdir / 'config.json').read_text())
   except (ValueError, TypeError) as e:
-    return None, f'its config.json is unreadable ({e})'
+    return {}, f'its config.json is unreadable ({e})'
+  stored = dataclasses.replace(stored, workdir=config.workdir)  # Same folder, any spelling.
   if stored != config:
     differ = sorted(k for k, v in stored.to_dict().items() if config.to_dict()[k] != v)
-    return None, f'that run had other settings ({", ".join(differ)})'
-  host = checkpoints.latest(workdir)
-  return host, '' if host else 'that run saved no checkpoint'
+    return {}, f'that run had other settings ({", ".join(differ)})'
+  found = checkpoints.available(workdir)
+  return found, '' if found else 'that run saved no checkpoint'
 
 
 def _start_workdir(config: Config, *, overwrite: bool, resume: bool = False
@@ -767,18 +784,27 @@ def _is_diagnostics_step(done: int, config: Config) -> bool:
   return bool(every) and (done % every == 0 or done == config.steps)
 
 
-def _is_checkpoint_step(done: int, config: Config) -> bool:
-  """Every ``checkpoint_every`` steps (0: never), but not at the end: a finished run
-  needs none."""
+def _checkpoint_due(done: int, last_checkpoint: int, config: Config) -> bool:
+  """At the first record step (this one) at or after each multiple of
+  ``checkpoint_every`` (0: never), so that checkpoints change no record; not at the
+  end: a finished run needs none."""
   every = config.checkpoint_every
-  return bool(every) and done % every == 0 and done < config.steps
+  return bool(every) and done < config.steps and done // every > last_checkpoint // every
+
+
+def _save_checkpoints(runs: list[_Run], states: list[TrainState], step: int):
+  """Every run's checkpoint (diverged ones too), then the older ones removed: a kill
+  in between leaves a step all runs of the group have."""
+  for run, run_state in zip(runs, states):
+    checkpoints.save(run.workdir, step, run_state, host=run.checkpoint_host())
+  for run in runs:
+    checkpoints.prune(run.workdir, keep=step)
 
 
 def _is_record_step(done: int, config: Config) -> bool:
-  """A metrics record every ``log_every`` steps, at diagnostics and checkpoint steps,
-  and at the end."""
+  """A metrics record every ``log_every`` steps, at diagnostics steps, and at the end."""
   return (done % config.log_every == 0 or done == config.steps
-          or _is_diagnostics_step(done, config) or _is_checkpoint_step(done, config))
+          or _is_diagnostics_step(done, config))
 
 
 def _draw(run: _Run) -> tuple[dict[str, Any], dict[str, str]]:

@@ -1,5 +1,3 @@
-import json
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,9 +15,10 @@ def state(seed: int):
 
 def test_save_and_restore_give_back_the_state_with_its_key(tmp_path):
   saved = state(7)
-  checkpoints.save(tmp_path, 10, saved, host={'init': {'step': 1}})
-  assert checkpoints.latest(tmp_path) == {'step': 10, 'init': {'step': 1}}
-  restored = checkpoints.restore(tmp_path, 10, like=state(0))
+  checkpoints.save(tmp_path, 10, saved, host={'status': 'completed'})
+  assert checkpoints.available(tmp_path) == {10: {'step': 10, 'status': 'completed'}}
+  restored = checkpoints.from_raw_leaves(checkpoints.restore_leaves(tmp_path, 10),
+                                         like=state(0))
   np.testing.assert_array_equal(restored['params']['w'], saved['params']['w'])
   assert restored['step'] == 7 and restored['step'].dtype == np.int32
   np.testing.assert_array_equal(jax.random.key_data(restored['key']),
@@ -27,18 +26,20 @@ def test_save_and_restore_give_back_the_state_with_its_key(tmp_path):
   assert jax.random.uniform(restored['key']) == jax.random.uniform(saved['key'])
 
 
-def test_only_the_newest_whole_checkpoint_is_kept_and_named(tmp_path):
+def test_older_checkpoints_go_only_when_pruned_and_half_saved_ones_do_not_count(tmp_path):
   checkpoints.save(tmp_path, 10, state(1), host={})
   checkpoints.save(tmp_path, 20, state(2), host={})
-  assert sorted(p.name for p in (tmp_path / 'checkpoint').iterdir()) == ['20', 'latest.json']
-  # latest.json naming a checkpoint that is not there (killed mid-save): none.
-  (tmp_path / 'checkpoint' / 'latest.json').write_text(json.dumps({'step': 30}))
-  assert checkpoints.latest(tmp_path) is None
+  assert sorted(checkpoints.available(tmp_path)) == [10, 20]  # A group prunes last.
+  checkpoints.prune(tmp_path, keep=20)
+  assert sorted(p.name for p in (tmp_path / 'checkpoint').iterdir()) == ['20', '20.json']
+  (tmp_path / 'checkpoint' / '30').mkdir()  # Killed before its host file was written.
+  assert sorted(checkpoints.available(tmp_path)) == [20]
   checkpoints.remove(tmp_path)
-  assert checkpoints.latest(tmp_path) is None and not (tmp_path / 'checkpoint').exists()
+  assert checkpoints.available(tmp_path) == {} and not (tmp_path / 'checkpoint').exists()
 
 
 def test_a_checkpoint_of_another_model_is_refused(tmp_path):
   checkpoints.save(tmp_path, 5, state(1), host={})
-  with pytest.raises(ValueError, match='holds 3 arrays; this run has 2'):
-    checkpoints.restore(tmp_path, 5, like={'a': jnp.zeros(2), 'b': jnp.zeros(3)})
+  with pytest.raises(ValueError, match='a different model or optimizer'):
+    checkpoints.from_raw_leaves(checkpoints.restore_leaves(tmp_path, 5),
+                                like={'a': jnp.zeros(2), 'b': jnp.zeros(3), 'c': jnp.zeros(1)})

@@ -99,13 +99,26 @@ def test_two_processes_train_as_one_multi_host_run(tmp_path, data_dir):
       dataset = data.load({SMALL!r}, data_dir={data_dir!r})
       config = Config(dataset={SMALL!r}, hidden=(16,), batch_size=50, steps=8, log_every=4,
                       eval_every=8, diagnostics_every=4, lr=0.2, augment=('flip',),
+                      checkpoint_every=4,
                       workdir={str(tmp_path)!r} + ('/multi' if process >= 0 else '/single'))
       fit = train.fit(config, dataset=dataset, echo=lambda line: None)
       try:  # The directory holds a run now: process 0 refuses, and no process waits.
         train.fit(config, dataset=dataset, echo=lambda line: None)
       except (FileExistsError, RuntimeError) as e:
         again = type(e).__name__
-      print(json.dumps(dict(fit.summary, process_count=jax.process_count(), again=again)))
+      class Stop(Exception):
+        pass
+      def stop_at_8(line):
+        if line.startswith('step 8/'):
+          raise Stop
+      cut = dataclasses.replace(config, workdir=config.workdir + '_cut')
+      try:  # Interrupted after its checkpoint at step 4, then resumed.
+        train.fit(cut, dataset=dataset, echo=stop_at_8)
+      except Stop:
+        pass
+      resumed = train.fit(cut, dataset=dataset, resume=True, echo=lambda line: None).summary
+      print(json.dumps(dict(fit.summary, process_count=jax.process_count(), again=again,
+                            resumed=resumed)))
   '''
   script = tmp_path / 'multi_host.py'
   script.write_text(textwrap.dedent(code))
@@ -127,6 +140,9 @@ def test_two_processes_train_as_one_multi_host_run(tmp_path, data_dir):
   assert [r['devices'] for r in results] == [2, 2]
   assert results[0]['workdir'] == str(tmp_path / 'multi')
   assert [r['again'] for r in results] == ['FileExistsError', 'RuntimeError']
+  for r in (*results, alone):  # Checkpointed by process 0, resumed by both.
+    assert r['resumed']['resumed_from_step'] == 4
+    assert r['resumed']['final_train_loss'] == r['final_train_loss']
   assert not pathlib.Path(results[1]['workdir']).exists()  # Process 1's scratch copy.
   for key in ('final_train_loss', 'final_test_loss', 'final_test_accuracy'):
     assert results[0][key] == results[1][key]

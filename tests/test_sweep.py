@@ -11,11 +11,12 @@ from fundamentals.config import Config
 BASE = Config(dataset='synthetic_fruits/small', hidden=(8,), steps=5, batch_size=20)
 
 
-def fake_member(calls, fail_on=None):
+def fake_member(calls, fail_on=None, resumes=None):
   """Stands in for train.train: records the call and writes a summary like it does."""
+  resumes = [] if resumes is None else resumes
   def run(config, *, overwrite=False, resume=False):
-    assert resume  # A sweep goes on from a member's checkpoint when it has one.
     calls.append(config)
+    resumes.append(resume)
     workdir = rundir.create(config.workdir, overwrite=overwrite)
     status = 'diverged' if config.lr == fail_on else 'completed'
     summary = {'status': status, 'initial_loss': 3.4, 'wall_time_s': 1.0,
@@ -74,10 +75,16 @@ def test_rerun_skips_finished_members_and_restarts_interrupted_ones(tmp_path):
   # seed-1 was killed mid-run: its directory exists but holds no summary.
   (tmp_path / 'seed-1' / 'summary.json').unlink()
   calls.clear()
-  rows = sweep.run(BASE, axes, workdir=tmp_path, run_member=fake_member(calls), echo=print)
+  resumes = []
+  rows = sweep.run(BASE, axes, workdir=tmp_path, run_member=fake_member(calls, resumes=resumes),
+                   echo=print)
   assert [c.seed for c in calls] == [1]
+  assert resumes == [True]  # From its checkpoint, when it saved one.
   assert (tmp_path / 'seed-0' / 'summary.json').read_text() == before
   assert [r['status'] for r in rows] == ['completed'] * 3
+  sweep.run(BASE, axes, workdir=tmp_path, run_member=fake_member(calls, resumes=resumes),
+            overwrite=True, echo=print)
+  assert resumes[1:] == [False] * 3  # Redone from scratch: no stale checkpoint.
 
 
 def test_a_sweep_written_before_a_config_field_existed_still_resumes(tmp_path):

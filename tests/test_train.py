@@ -341,13 +341,14 @@ def interrupt_at(step: int):
   return echo
 
 
-@pytest.mark.parametrize('num_runs', [1, 2])
+@pytest.mark.parametrize('num_runs', [1, 3])
 def test_an_interrupted_run_resumes_from_its_checkpoint_with_the_same_numbers(
     tmp_path, small_dataset, num_runs):
   base = dict(TINY, steps=20, log_every=5, eval_every=10, diagnostics_every=10,
               checkpoint_every=10, hidden=(16,), augment=('flip',))
-  def configs(name):
-    return [Config(workdir=str(tmp_path / f'{name}{seed}'), seed=seed, **base)
+  def configs(name):  # A group has a member that diverges before the checkpoint.
+    return [Config(workdir=str(tmp_path / f'{name}{seed}'), seed=seed,
+                   **{**base, 'lr': 1e6 if seed == 2 else base['lr']})
             for seed in range(num_runs)]
   whole = train.fit_group(configs('whole'), dataset=small_dataset, echo=lambda line: None)
   with pytest.raises(Interrupted):
@@ -361,19 +362,24 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_with_the_same_numbers(
   resumed = train.fit_group(configs('cut'), dataset=small_dataset, resume=True,
                             echo=lines.append)
   assert any('resumed from the checkpoint at step 10' in line for line in lines)
+  assert [f.summary['status'] for f in resumed] == (
+      ['completed'] if num_runs == 1 else ['completed', 'completed', 'diverged'])
   for seed, (a, b) in enumerate(zip(whole, resumed)):
     assert b.summary['resumed_from_step'] == 10
+    assert a.summary['diverged_at_step'] == b.summary['diverged_at_step']
     for key in ('initial_loss', 'final_train_loss', 'final_test_loss', 'final_test_accuracy'):
-      assert a.summary[key] == b.summary[key]
+      assert a.summary.get(key) == b.summary.get(key)
     records = [rundir.read_jsonl(tmp_path / f'{name}{seed}' / 'metrics.jsonl')
                for name in ('whole', 'cut')]
-    assert [r['step'] for r in records[1]] == [5, 10, 15, 20]
+    assert [r['step'] for r in records[1]] == [r['step'] for r in records[0]] == (
+        [5] if a.summary['status'] == 'diverged' else [5, 10, 15, 20])
     for key in ('train_loss', 'train_accuracy', 'lr', 'test_loss'):
       assert [r.get(key) for r in records[0]] == [r.get(key) for r in records[1]]
     diagnosed = [json.loads((tmp_path / f'{name}{seed}' / 'diagnostics.json').read_text())
                  for name in ('whole', 'cut')]
     assert diagnosed[0]['init'] == diagnosed[1]['init']  # Kept in the checkpoint.
-    assert diagnosed[0]['end']['scalars'] == diagnosed[1]['end']['scalars']
+    if a.summary['status'] == 'completed':
+      assert diagnosed[0]['end']['scalars'] == diagnosed[1]['end']['scalars']
     assert not (tmp_path / f'cut{seed}' / 'checkpoint').exists()  # Finished: removed.
 
 
@@ -390,3 +396,16 @@ def test_resume_says_why_a_run_cannot_go_on(tmp_path, small_dataset):
             echo=lambda line: None)
   with pytest.raises(FileExistsError, match='that run finished'):
     train.fit(config, dataset=small_dataset, resume=True)
+
+
+def test_checkpoints_change_no_record(tmp_path, small_dataset):
+  """log_every does not divide checkpoint_every: the checkpoint waits for a record step."""
+  base = dict(TINY, steps=20, log_every=6, eval_every=20, hidden=(8,))
+  for every in (0, 10):
+    run(tmp_path, f'every{every}', small_dataset, **base, checkpoint_every=every)
+  records = [rundir.read_jsonl(tmp_path / f'every{every}' / 'metrics.jsonl') for every in (0, 10)]
+  assert [r['step'] for r in records[1]] == [6, 12, 18, 20]
+  assert [r['train_loss'] for r in records[0]] == [r['train_loss'] for r in records[1]]
+  with pytest.raises(Interrupted):  # Saved at step 12, the first record step after 10.
+    run(tmp_path, 'cut', small_dataset, **base, checkpoint_every=10, echo=interrupt_at(18))
+  assert sorted(train.checkpoints.available(tmp_path / 'cut')) == [12]
