@@ -18,12 +18,9 @@ import jax
 import numpy as np
 
 from fundamentals import rundir
+from fundamentals import runtime
 
 DIRNAME = 'checkpoint'
-
-
-def _is_key(x) -> bool:
-  return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
 def _checkpointer():
@@ -34,7 +31,7 @@ def _checkpointer():
 
 def raw_leaves(state) -> list[np.ndarray]:
   """The leaves of ``state`` as NumPy arrays, PRNG keys as their key data."""
-  leaves = [jax.random.key_data(x) if _is_key(x) else x for x in jax.tree.leaves(state)]
+  leaves = [jax.random.key_data(x) if runtime.is_prng_key(x) else x for x in jax.tree.leaves(state)]
   return [np.asarray(x) for x in jax.device_get(leaves)]
 
 
@@ -48,7 +45,7 @@ def from_raw_leaves(leaves: list[np.ndarray], like):
                      f'{[np.shape(x) for x in leaves][:4]}…; this run has {len(shapes)} of '
                      f'{shapes[:4]}…: a different model or optimizer')
   return jax.tree.unflatten(treedef, [
-      jax.random.wrap_key_data(np.asarray(x), impl=jax.random.key_impl(t)) if _is_key(t)
+      jax.random.wrap_key_data(np.asarray(x), impl=jax.random.key_impl(t)) if runtime.is_prng_key(t)
       else np.asarray(x, dtype=np.asarray(t).dtype) for x, t in zip(leaves, template)])
 
 

@@ -67,6 +67,11 @@ class Config:
   def to_json(self) -> str:
     return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
+  def differences(self, other: 'Config') -> list[str]:
+    """The names of the fields whose values differ from ``other``'s, sorted."""
+    theirs = other.to_dict()
+    return sorted(k for k, v in self.to_dict().items() if theirs[k] != v)
+
   @classmethod
   def from_dict(cls, values: dict[str, Any]) -> 'Config':
     known = {f.name for f in dataclasses.fields(cls)}

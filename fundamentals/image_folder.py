@@ -22,6 +22,8 @@ from absl import logging
 import numpy as np
 from PIL import Image
 
+from fundamentals import rundir
+
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp', '.tif', '.tiff')
 SPLITS = ('train', 'validation', 'test')
 _MAX_NAMED = 5  # Files named in one warning; the rest are counted.
@@ -142,11 +144,6 @@ def _fingerprint(files, image_size: int) -> str:
   return digest.hexdigest()[:20]
 
 
-def default_cache_dir() -> pathlib.Path:
-  return pathlib.Path(os.environ.get(
-      'FUNDAMENTALS_CACHE', pathlib.Path.home() / '.cache' / 'fundamentals'))
-
-
 def load(root: str | os.PathLike, *, image_size: int = 64,
          cache_dir: str | os.PathLike | None = None):
   """Returns ``(class_names, arrays)`` with ``{split}_images``/``{split}_labels``.
@@ -157,7 +154,7 @@ def load(root: str | os.PathLike, *, image_size: int = 64,
   if image_size < 1:
     raise ValueError(f'{image_size=} must be positive')
   classes, files = scan(root)
-  cache_dir = pathlib.Path(cache_dir) if cache_dir else default_cache_dir()
+  cache_dir = pathlib.Path(cache_dir) if cache_dir else rundir.default_cache_dir()
   cache = cache_dir / 'image_folder' / f'{_fingerprint(files, image_size)}.npz'
   if cache.exists():
     with np.load(cache) as f:

@@ -1,4 +1,5 @@
-"""The files of a run directory: config.json, metrics.jsonl, summary.json."""
+"""The files of a run directory (config.json, metrics.jsonl, summary.json), and where
+fundamentals keeps its caches."""
 
 import datetime
 import json
@@ -33,6 +34,13 @@ def create(path: str | os.PathLike, *, overwrite: bool = False) -> pathlib.Path:
   if overwrite:
     (path / 'metrics.jsonl').unlink(missing_ok=True)
   return path
+
+
+def default_cache_dir() -> pathlib.Path:
+  """``$FUNDAMENTALS_CACHE``, default ``~/.cache/fundamentals``: decoded image folders,
+  JAX's compilation cache."""
+  return pathlib.Path(os.environ.get(
+      'FUNDAMENTALS_CACHE', pathlib.Path.home() / '.cache' / 'fundamentals'))
 
 
 def default_path(experiment: str) -> str:

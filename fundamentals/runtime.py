@@ -15,6 +15,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from fundamentals import rundir
+
 T = TypeVar('T')
 
 # --platform values: '' lets JAX pick (accelerator when present, else CPU).
@@ -28,9 +30,7 @@ BACKEND_COMPILE_EVENT = '/jax/core/compile/backend_compile_duration'
 
 def default_compilation_cache() -> str:
   """``$FUNDAMENTALS_CACHE/jax_compilation`` (default ``~/.cache/fundamentals/…``)."""
-  root = os.environ.get('FUNDAMENTALS_CACHE',
-                        pathlib.Path.home() / '.cache' / 'fundamentals')
-  return str(pathlib.Path(root) / 'jax_compilation')
+  return str(rundir.default_cache_dir() / 'jax_compilation')
 
 
 def enable_compilation_cache(path: str | os.PathLike):
@@ -144,6 +144,11 @@ def share(value, *, like):
   return multihost_utils.broadcast_one_to_all(value if is_main_process() else like)
 
 
+def is_prng_key(x) -> bool:
+  """Whether ``x`` is an array of typed PRNG keys (``jax.random.key``)."""
+  return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
 def replicate(tree, mesh: Mesh):
   """``tree`` with every array whole on every device of ``mesh`` (all hosts).
 
@@ -153,7 +158,7 @@ def replicate(tree, mesh: Mesh):
   sharding = replicated(mesh)
 
   def put(x):
-    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    if is_prng_key(x):
       return jax.random.wrap_key_data(jax.device_put(jax.random.key_data(x), sharding),
                                       impl=jax.random.key_impl(x))
     return jax.device_put(x, sharding)

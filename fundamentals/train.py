@@ -428,8 +428,7 @@ def fit_group(configs: Sequence[Config], *, dataset: data_lib.Dataset | None = N
   structure = canonical_config(config)
   for other in configs[1:]:
     if canonical_config(other) != structure:
-      differ = sorted(k for k, v in canonical_config(other).to_dict().items()
-                      if structure.to_dict()[k] != v)
+      differ = canonical_config(other).differences(structure)
       raise ValueError(f'runs trained together may differ only in {list(PER_RUN)} '
                        f'(and momentum only while nonzero); {other.workdir!r} also '
                        f'differs in {differ}')
@@ -693,8 +692,7 @@ def _resumable(config: Config) -> tuple[dict[int, dict[str, Any]], str]:
     return {}, f'its config.json is unreadable ({e})'
   stored = dataclasses.replace(stored, workdir=config.workdir)  # Same folder, any spelling.
   if stored != config:
-    differ = sorted(k for k, v in stored.to_dict().items() if config.to_dict()[k] != v)
-    return {}, f'that run had other settings ({", ".join(differ)})'
+    return {}, f'that run had other settings ({", ".join(stored.differences(config))})'
   found = checkpoints.available(workdir)
   return found, '' if found else 'that run saved no checkpoint'
 
