@@ -264,7 +264,10 @@ def orthogonal(gain: float = 1.0) -> Initializer:
     if len(shape) < 2:
       raise ValueError(f'orthogonal needs a kernel of rank >= 2, got {shape=}')
     rows, cols = math.prod(shape[:-1]), shape[-1]
-    a = jax.random.normal(key, (max(rows, cols), min(rows, cols)), jnp.float32)
+    # Drawn and decomposed in the requested dtype (at least float32, which QR needs):
+    # Q of a float64 kernel is orthogonal to float64 precision, not float32's.
+    a = jax.random.normal(key, (max(rows, cols), min(rows, cols)),
+                          jnp.promote_types(dtype, jnp.float32))
     q, r = jnp.linalg.qr(a)
     q = q * jnp.sign(jnp.diagonal(r))
     if rows < cols:
@@ -286,10 +289,15 @@ class Scheme(NamedTuple):
     variance: Var(W) at gain 1 as a function of the kernel shape: what theory needs.
     gain: ``'activation'`` (takes the layer's activation gain by default),
       ``'one'`` (gain 1 unless one is passed), or ``None`` (no gain).
+    default_gain: the gain of an ``'activation'`` scheme when no activation is named:
+      the one of its paper's formula (Kaiming: √2, He et al.'s N(0, 2/fan_in), as
+      ``torch.nn.init.kaiming_normal_`` and ``jax.nn.initializers.he_normal``;
+      orthogonal: 1).
   """
   factory: Callable[[float], Initializer]
   variance: Callable[[Sequence[int]], float]
   gain: str | None
+  default_gain: float = 1.0
 
 
 def _fans(variance: Callable[[int, int], float]) -> Callable[[Sequence[int]], float]:
@@ -309,10 +317,10 @@ INITIALIZERS: dict[str, Scheme] = {
     'xavier_truncated_normal': Scheme(lambda g: xavier_normal(g, truncated=True),
                                       _fans(_glorot), 'one'),
     'xavier_uniform': Scheme(xavier_uniform, _fans(_glorot), 'one'),
-    'kaiming_normal': Scheme(kaiming_normal, _fans(_lecun), 'activation'),
+    'kaiming_normal': Scheme(kaiming_normal, _fans(_lecun), 'activation', math.sqrt(2.0)),
     'kaiming_truncated_normal': Scheme(lambda g: kaiming_normal(g, truncated=True),
-                                       _fans(_lecun), 'activation'),
-    'kaiming_uniform': Scheme(kaiming_uniform, _fans(_lecun), 'activation'),
+                                       _fans(_lecun), 'activation', math.sqrt(2.0)),
+    'kaiming_uniform': Scheme(kaiming_uniform, _fans(_lecun), 'activation', math.sqrt(2.0)),
     'orthogonal': Scheme(orthogonal, _orthogonal_variance, 'activation'),
 }
 # Short names used on the command line.
@@ -347,7 +355,7 @@ def get_scheme(name: str) -> Scheme:
   return INITIALIZERS[canonical]
 
 
-def _resolve_gain(name: str, scheme: Scheme, activation: str,
+def _resolve_gain(name: str, scheme: Scheme, activation: str | None,
                   gain_value: float | None) -> float:
   if scheme.gain is None:
     if gain_value is not None:
@@ -355,18 +363,21 @@ def _resolve_gain(name: str, scheme: Scheme, activation: str,
     return 1.0
   if gain_value is not None:
     return gain_value
-  return gain(activation) if scheme.gain == 'activation' else 1.0
+  if scheme.gain != 'activation':
+    return 1.0
+  return scheme.default_gain if activation is None else gain(activation)
 
 
-def get_initializer(name: str, *, activation: str = 'identity',
+def get_initializer(name: str, *, activation: str | None = None,
                     gain: float | None = None) -> Initializer:  # pylint: disable=redefined-outer-name
   """Returns the initializer ``name`` for a layer followed by ``activation``.
 
   Args:
     name: a key of ``INITIALIZERS`` or ``ALIASES``.
-    activation: the layer's activation. Kaiming and orthogonal take its gain; LeCun
-      and Xavier use their papers' gain 1; N(0, 1), zeros and PyTorch's default have
-      no gain.
+    activation: the layer's activation. Kaiming and orthogonal take its gain
+      (``'identity'``: a linear layer, gain 1); without one they keep their papers'
+      formulas (Kaiming: He's N(0, 2/fan_in); orthogonal: gain 1). LeCun and Xavier
+      use their papers' gain 1; N(0, 1), zeros and PyTorch's default have no gain.
     gain: an explicit gain overriding that default (e.g. Xavier with tanh's 5/3, as
       ``torch.nn.init.xavier_uniform_(w, gain=calculate_gain('tanh'))``).
 
@@ -377,7 +388,7 @@ def get_initializer(name: str, *, activation: str = 'identity',
   return scheme.factory(_resolve_gain(name, scheme, activation, gain))
 
 
-def weight_variance(name: str, shape: Sequence[int], *, activation: str = 'identity',
+def weight_variance(name: str, shape: Sequence[int], *, activation: str | None = None,
                     gain: float | None = None) -> float:  # pylint: disable=redefined-outer-name
   """Var(W) that :func:`get_initializer` (same arguments) draws a kernel of ``shape`` with.
 

@@ -27,12 +27,18 @@ def step(init_value: float, total_steps: int, *, factor: float = 0.1,
          milestones: Sequence[float] = (0.5, 0.75)) -> Schedule:
   """Step decay: η_t = η₀ · factor^(number of milestones passed).
 
-  Milestones are fractions of ``total_steps`` (default: ×0.1 at 50% and 75%).
+  Milestones are fractions of ``total_steps`` (default: ×0.1 at 50% and 75%), each at
+  step max(1, ⌊m·T⌋). Milestones compound: two that fall on the same step (few steps,
+  or close fractions) multiply there by factor², so the rate always ends at
+  η₀·factor^len(milestones).
   """
   _check_positive(init_value=init_value, total_steps=total_steps, factor=factor)
   if not all(0 < m < 1 for m in milestones):
     raise ValueError(f'{milestones=} must be fractions strictly between 0 and 1')
-  boundaries = {max(1, int(m * total_steps)): factor for m in milestones}
+  boundaries: dict[int, float] = {}
+  for m in milestones:
+    boundary = max(1, int(m * total_steps))
+    boundaries[boundary] = boundaries.get(boundary, 1.0) * factor
   return optax.piecewise_constant_schedule(init_value, boundaries)
 
 

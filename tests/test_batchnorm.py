@@ -286,3 +286,38 @@ def test_running_mean_converges_as_the_exponential_average_predicts():
   assert abs(means.mean() - expected_mean) < 4 * np.sqrt(expected_var / replicas)
   # The sample variance of n normals has relative standard error √(2/(n − 1)).
   assert abs(means.var(ddof=1) / expected_var - 1) < 4 * np.sqrt(2 / (replicas - 1))
+
+
+@pytest.mark.parametrize('ratio', [1.0, 100.0, 1000.0])
+def test_the_two_pass_variance_keeps_its_digits_at_large_mean_over_std(ratio):
+  """|μ|/σ = 1000 in float32: ours (two passes) to ~1e-6, like float64; Flax's layer
+  (E[x²] − E[x]², its default ``use_fast_variance``) agrees with ours to rounding
+  only while |μ|/σ is moderate: the module docstring's precise claim."""
+  x = sample(shape=(256, 5), loc=ratio, scale=1.0)
+  exact = x.astype(np.float64).var(0)
+  ours = batchnorm.batch_statistics(jnp.asarray(x)).var
+  np.testing.assert_allclose(ours, exact, rtol=2e-6)
+  theirs = flax_layer(0.0)  # α = 0: the running variance is the batch's.
+  theirs.train()
+  theirs(jnp.asarray(x))
+  if ratio <= 1.0:
+    np.testing.assert_allclose(theirs.var[...], ours, rtol=1e-5)
+
+
+def test_pytorchs_running_variance_convention_is_a_config_flag(tmp_path, small_dataset):
+  """--bn_unbiased_running_var: after one step from σ² = 1 with α, the running
+  variance is α + (1 − α)·m/(m − 1)·σ²_B instead of α + (1 − α)·σ²_B."""
+  from fundamentals import train  # pylint: disable=g-import-not-at-top
+  from fundamentals.config import Config  # pylint: disable=g-import-not-at-top
+  alpha, m = 0.9, 50
+  stats = {}
+  for unbiased in (False, True):
+    config = Config(dataset='synthetic_fruits/small', hidden=(8,), batch_size=m,
+                    steps=1, diagnostics_every=0, bn_impl='ours', bn_momentum=alpha,
+                    bn_unbiased_running_var=unbiased, workdir=str(tmp_path / str(unbiased)))
+    fit = train.fit(config, dataset=small_dataset, echo=lambda line: None)
+    stats[unbiased] = np.asarray(fit.state.batch_stats['norms'][0]['var'][...], np.float64)
+  np.testing.assert_allclose((stats[True] - alpha) / (stats[False] - alpha), m / (m - 1),
+                             rtol=1e-4)
+  with pytest.raises(ValueError, match="needs bn_impl='ours'"):
+    Config(bn_unbiased_running_var=True)

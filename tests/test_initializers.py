@@ -292,3 +292,32 @@ def test_lsuv_stops_after_max_iterations_and_validates():
     initializers.lsuv(kernels, stuck, x, tolerance=0)
   with pytest.raises(ValueError, match='max_iterations'):
     initializers.lsuv(kernels, stuck, x, max_iterations=0)
+
+
+@pytest.mark.parametrize('name, theirs', [
+    ('kaiming_normal', lambda: jax.nn.initializers.he_normal()),
+    ('kaiming', lambda: jax.nn.initializers.he_normal()),
+    ('he', lambda: jax.nn.initializers.he_normal()),
+    ('kaiming_uniform', lambda: jax.nn.initializers.he_uniform()),
+])
+def test_kaiming_without_an_activation_is_hes_formula(name, theirs):
+  """He et al.'s N(0, 2/fan_in), as torch.nn.init.kaiming_normal_ and
+  jax.nn.initializers.he_normal; an activation (or gain) still says otherwise."""
+  shape = (400, 300)
+  assert initializers.weight_variance(name, shape) == pytest.approx(2 / 400)
+  w = np.asarray(initializers.get_initializer(name)(jax.random.key(0), shape), np.float64)
+  reference = np.asarray(theirs()(jax.random.key(1), shape), np.float64)
+  se = 2 / 400 * math.sqrt(2 / w.size)  # Var of a sample variance: 2σ⁴/n.
+  assert abs(w.var() - 2 / 400) < 5 * se and abs(reference.var() - 2 / 400) < 5 * se
+  assert initializers.weight_variance(name, shape, activation='identity') == (
+      pytest.approx(1 / 400))
+  assert initializers.weight_variance(name, shape, activation='tanh') == (
+      pytest.approx((5 / 3) ** 2 / 400))
+  assert initializers.weight_variance('orthogonal', (300, 300)) == pytest.approx(1 / 300)
+
+
+def test_orthogonal_in_float64_is_orthogonal_to_float64_precision():
+  with jax.enable_x64(True):
+    w = np.asarray(initializers.orthogonal()(jax.random.key(0), (128, 64), jnp.float64))
+  assert w.dtype == np.float64
+  np.testing.assert_allclose(w.T @ w, np.eye(64), atol=1e-13)

@@ -42,3 +42,17 @@ def test_warmup_ramps_linearly_then_runs_the_schedule(name):
 def test_invalid_arguments_are_rejected(kwargs, match):
   with pytest.raises(ValueError, match=match):
     schedules.get_schedule(**kwargs)
+
+
+@pytest.mark.parametrize('total_steps, milestones', [
+    (3, (0.5, 0.75)),  # Both fall on step 1.
+    (10, (0.51, 0.55)),  # Both on step 5.
+    (1000, (0.5, 0.75)),
+])
+def test_step_milestones_compound_even_on_the_same_step(total_steps, milestones):
+  schedule = schedules.step(LR, total_steps, milestones=milestones)
+  boundaries = [max(1, int(m * total_steps)) for m in milestones]
+  for t in range(total_steps + 1):
+    passed = sum(t >= b for b in boundaries)
+    assert float(schedule(t)) == pytest.approx(LR * 0.1 ** passed, rel=1e-6)
+  assert float(schedule(total_steps)) == pytest.approx(LR * 0.01, rel=1e-6)
