@@ -20,6 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from fundamentals import data
+from fundamentals import models
+from fundamentals import optimizers
 from fundamentals import train
 from fundamentals.config import Config
 
@@ -56,8 +58,9 @@ def main(argv):
     warm = first_batch_seconds(FLAGS.dataset, data_dir)
     ds = data.load(FLAGS.dataset, data_dir=data_dir)
   config = Config(dataset=FLAGS.dataset, augment=tuple(FLAGS.augment))
-  model = train.create_model(config, ds, jax.random.key(0))
-  tx, _ = train.create_optimizer(config)
+  model = models.create_model(config, num_features=ds.num_features,
+                              num_classes=ds.num_classes, key=jax.random.key(0))
+  tx, _ = optimizers.create(config)
   graphs, state = train.split_model(model, tx, augment_key=jax.random.key(1))
   from fundamentals import augment as augment_lib  # pylint: disable=g-import-not-at-top
   augment = augment_lib.make_augment(config.augment)

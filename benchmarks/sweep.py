@@ -50,23 +50,29 @@ def run_mode(mode: str, workdir: pathlib.Path) -> dict:
   dataset = data.load_configured(base)  # Loaded once, outside the timing.
   quiet = lambda line: None
 
-  def run_member(config, *, overwrite, resume):
+  members = sweep.expand(base, axes, workdir=workdir)
+  summaries = {}
+
+  def run_member(member, *, overwrite, resume):
     if mode == 'recompile':
       train.compiled_steps.cache_clear()
       jax.clear_caches()
-    return train.train(config, dataset=dataset, overwrite=overwrite, resume=resume,
-                       echo=quiet)
+    summaries[member.name] = train.train(member.config, dataset=dataset,
+                                         overwrite=overwrite, resume=resume, echo=quiet)
 
-  def run_group(configs, *, overwrite, resume):
-    return train.train_group(configs, dataset=dataset, overwrite=overwrite,
-                             resume=resume, echo=quiet)
+  def run_group(batch, *, overwrite, resume):
+    for member, summary in zip(batch, train.train_group(
+        [m.config for m in batch], dataset=dataset, overwrite=overwrite, resume=resume,
+        echo=quiet)):
+      summaries[member.name] = summary
 
   start = time.perf_counter()
   with runtime.compile_log() as compiles:
-    rows = sweep.run(base, axes, workdir=workdir, run_member=run_member,
-                     run_group=run_group if mode == 'vectorized' else None,
-                     group_key=train.canonical_config, overwrite=True, echo=quiet)
+    sweep.run(members, workdir=workdir, manifest=sweep.manifest(base, members, axes=axes),
+              run_member=run_member, run_group=run_group if mode == 'vectorized' else None,
+              group_key=train.canonical_config, overwrite=True, echo=quiet)
   wall_s = time.perf_counter() - start
+  rows = [{'member': name, **s} for name, s in summaries.items()]
   step_compiles = [s for name, s in compiles if 'train_step' in name or 'eval_step' in name]
   return {'mode': mode, 'members': len(rows), 'wall_s': wall_s,
           'compile_s': sum(s for _, s in compiles), 'compiles': len(compiles),

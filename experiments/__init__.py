@@ -1,39 +1,31 @@
-"""Experiments: a plain-dict registry of ``run(config, *, overwrite) -> summary``.
+"""Experiments: a plain-dict registry of ``runner.Experiment`` declarations.
 
-Each module declares what it varies and how it summarizes, and calls
-``fundamentals`` for the training itself; none copies the training loop.
+Each module declares which runs it needs, how it summarizes them and what it checks
+(``fundamentals.runner``); none copies the training loop or runs its members itself.
 """
-
-from typing import Any, Callable
 
 from experiments import augmentation
 from experiments import backprop
 from experiments import batchnorm
 from experiments import signal_propagation
 from experiments import train
+from fundamentals import runner
 
-Experiment = Callable[..., dict[str, Any]]
-
-EXPERIMENTS: dict[str, Experiment] = {
-    'augmentation': augmentation.run,
-    'backprop': backprop.run,
-    'batchnorm': batchnorm.run,
-    'signal_propagation': signal_propagation.run,
-    'train': train.run,
+EXPERIMENTS: dict[str, runner.Experiment] = {
+    module.EXPERIMENT.name: module.EXPERIMENT
+    for module in (augmentation, backprop, batchnorm, signal_propagation, train)
 }
 
 
-def get_experiment(name: str) -> Experiment:
-  """Returns the experiment ``name``; raises ValueError listing valid names."""
+def get_experiment(name: str) -> runner.Experiment:
+  """Returns the experiment ``name``; raises ValueError listing the valid names."""
   try:
     return EXPERIMENTS[name]
   except KeyError:
-    raise ValueError(
-        f'Unknown experiment {name!r}; valid: {sorted(EXPERIMENTS)}') from None
+    raise ValueError(f'Unknown experiment {name!r}; valid: list, '
+                     f'{", ".join(sorted(EXPERIMENTS))}') from None
 
 
 def describe() -> str:
-  """One line per experiment: its name and the first line of its docstring."""
-  return '\n'.join(
-      f'{name:<20} {(fn.__doc__ or "").strip().splitlines()[0]}'
-      for name, fn in sorted(EXPERIMENTS.items()))
+  """One line per experiment: its name and description."""
+  return '\n'.join(f'{name:<20} {e.description}' for name, e in sorted(EXPERIMENTS.items()))

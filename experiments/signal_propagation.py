@@ -1,182 +1,172 @@
 """Signal propagation at init: every layer measured on a data batch, against theory.
 
-Varies: initializer (``--sp_inits``) × activation (``--sp_activations``) × BatchNorm
-(``--sp_batchnorm`` off/on/both), for an MLP of ``--sp_depth`` hidden layers of
-``--sp_width`` units, over ``--sp_draws`` independent weight draws. Measures one
-training batch (``--batch_size`` examples of ``--dataset``) at init; nothing is
-trained. Summarizes: per-layer activation histograms (Glorot & Bengio, 2010, fig. 6
-style), per-layer std of activations and of the gradients ∂L/∂h_l and ∂L/∂W_l with
-the mean-field prediction overlaid, inactive (saturated / dead) fraction per layer,
-and a table in ``report.md``.
+Members (measured, nothing trained): initializer (``--sp_inits``) × activation
+(``--sp_activations``) × BatchNorm (``--sp_batchnorm`` off/on/both), each an MLP of
+``--sp_depth`` hidden layers of ``--sp_width`` units built from the run's config
+(``models.create_model``: every model flag applies), over ``--sp_draws`` independent
+weight draws, on one training batch (``--batch_size`` examples). Summarizes: per-layer
+activation histograms (Glorot & Bengio, 2010, fig. 6 style), per-layer std of
+activations and of the gradients ∂L/∂h_l and ∂L/∂W_l with the mean-field prediction
+overlaid, the saturated / dead fraction per layer, and the tables of ``report.md``
+(prose in ``signal_propagation.md``).
 """
 
 import dataclasses
 import math
-import time
-from typing import Any
 
 import jax
 import numpy as np
-from flax import nnx
 from matplotlib import cm
-from matplotlib.figure import Figure
 
 from fundamentals import activations
 from fundamentals import data as data_lib
+from fundamentals import diagnostics
 from fundamentals import initializers
 from fundamentals import models
-from fundamentals import rundir
+from fundamentals import plots
+from fundamentals import runner
 from fundamentals import signal_propagation as sp
-from fundamentals import train
-from fundamentals.config import Config
+from fundamentals.config import Knobs, knob
+from fundamentals.report import markdown_table
 
 BATCHNORM_SETTINGS = {'off': (False,), 'on': (True,), 'both': (False, True)}
+BOUNDED = {'tanh': (-1.0, 1.0), 'sigmoid': (0.0, 1.0)}
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
+class Settings(Knobs):
+  inits: tuple[str, ...] = knob(('normal', 'xavier', 'kaiming'), 'Initializers to '
+                                'compare (names as --init, or lsuv).',
+                                group='signal_propagation')
+  activations: tuple[str, ...] = knob(('tanh', 'relu'), 'Activations to compare.',
+                                      group='signal_propagation')
+  depth: int = knob(10, 'Hidden layers.', group='signal_propagation')
+  width: int = knob(512, 'Units per hidden layer.', group='signal_propagation')
+  batchnorm: str = knob('off', 'Without BatchNorm, with it, or both: off, on, both.',
+                        group='signal_propagation')
+  draws: int = knob(8, 'Independent weight draws per case.', group='signal_propagation')
+
+  def validate(self):
+    if not self.inits or not self.activations:
+      raise ValueError(f'sp_inits={list(self.inits)} and sp_activations='
+                       f'{list(self.activations)} must each name at least one')
+    for name in self.inits:
+      if name not in initializers.DATA_DEPENDENT:
+        initializers.get_scheme(name)
+    for name in self.activations:
+      activations.get_activation(name)
+    if self.batchnorm not in BATCHNORM_SETTINGS:
+      raise ValueError(f'sp_batchnorm={self.batchnorm!r} must be one of '
+                       f'{sorted(BATCHNORM_SETTINGS)}')
+    for name in ('depth', 'width', 'draws'):
+      if getattr(self, name) < 1:
+        raise ValueError(f'sp_{name}={getattr(self, name)} must be positive')
+
+
+def members(config, s: Settings) -> dict[str, dict]:
+  return {f'{init}-{activation}{"-bn" if bn else ""}': dict(
+      init=init, activation=activation, batchnorm=bn, hidden=(s.width,) * s.depth)
+          for bn in BATCHNORM_SETTINGS[s.batchnorm] for activation in s.activations
+          for init in s.inits}
+
+
+def batch(context: runner.Context):
+  """The measured batch: ``batch_size`` training examples drawn with the seed."""
+  dataset, config = context.dataset, context.config
+  idx = np.sort(np.random.default_rng(config.seed).choice(
+      len(dataset.train_labels), config.batch_size, replace=False))
+  return (data_lib.normalize(dataset.train_images[idx], dataset.mean, dataset.std),
+          dataset.train_labels[idx])
+
+
+def histogram(activation: str, layers: list[np.ndarray]) -> dict:
+  """Per layer, the fraction of values per bin: bounded activations on their range,
+  others as |values| on log bins (growth by a constant factor is a constant shift)."""
+  values = [np.ravel(h) for h in layers]
+  if activation in BOUNDED:
+    edges = np.linspace(*BOUNDED[activation], 61)
+  else:
+    values = [np.abs(v[v != 0]) for v in values]
+    pooled = np.concatenate(values) if any(v.size for v in values) else np.ones(1)
+    lo, hi = np.percentile(pooled, [0.1, 99.9])
+    edges = np.geomspace(lo, max(hi, 1.01 * lo), 61)
+  return {'edges': edges.tolist(), 'fractions': [
+      (np.histogram(np.clip(v, edges[0], edges[-1]), edges)[0] / max(len(v), 1)).tolist()
+      for v in values]}
+
+
+def measure(context: runner.Context, member) -> dict:
+  """Builds ``draws`` models of one case, measures each, and predicts."""
+  config, s, dataset = member.config, context.settings, context.dataset
+  x, labels = batch(context)
+  data_dependent = config.init in initializers.DATA_DEPENDENT
+  second_moment = np.mean(np.square(np.asarray(x, np.float64)), axis=1)
+  measured, predicted, lsuv, histograms = [], [], [], None
+  for draw in range(s.draws):
+    model = models.create_model(config, num_features=dataset.num_features,
+                                num_classes=dataset.num_classes,
+                                key=jax.random.fold_in(jax.random.key(config.seed), draw))
+    if data_dependent:
+      lsuv.append(sp.apply_lsuv(model, x))
+    measured.append(sp.measure(model, x, labels))
+    if histograms is None:
+      histograms = histogram(config.activation, sp.activations_per_layer(model, x))
+    if data_dependent or draw == 0:  # Data-dependent: theory from the actual kernels.
+      predicted.append(sp.predict(
+          config.activation, weight_variances=sp.model_weight_variances(
+              model, None if data_dependent else config.init),
+          widths=sp.model_widths(model), input_second_moment=second_moment,
+          batchnorm=config.batchnorm))
+  mean_prediction = [{key: float(np.mean([p[l][key] for p in predicted]))
+                      for key in predicted[0][l]} for l in range(s.depth)]
+  # The last layer's gradient depends on the output layer and the loss, not on the
+  # recursion: theory starts from the measured one.
+  last_grad_std = float(np.mean([rows[-1]['activation_grad_std'] for rows in measured]))
+  return {'measured': measured, 'histograms': histograms, 'lsuv': lsuv or None,
+          'predicted': sp.anchor_gradients(mean_prediction, last_grad_std,
+                                           batchnorm=config.batchnorm)}
+
+
 class Case:
-  """One (init, activation, batchnorm) cell: its measurements over draws and theory."""
-  init: str
-  activation: str
-  batchnorm: bool
-  measured: list[list[dict[str, float]]]  # [draw][layer]
-  predicted: list[dict[str, float]]  # [layer]
-  histograms: list[np.ndarray]  # first draw: the activations of each layer
-  lsuv: list[list[dict[str, float]]] | None = None  # [draw][layer]
+  """One measured member: per-layer means over draws, their standard errors, theory."""
 
-  @property
-  def label(self) -> str:
-    return f'{self.init}{" +BN" if self.batchnorm else ""}'
+  def __init__(self, result: runner.Result):
+    self.init, self.activation = result.config.init, result.config.activation
+    self.batchnorm, self.output = result.config.batchnorm, result.output
+    self.health = diagnostics.unit_health(self.activation)
+    self.label = f'{self.init}{" +BN" if self.batchnorm else ""}'
+
+  def _values(self, key: str) -> np.ndarray:
+    key = self.health if key == 'inactive' else key
+    return np.array([[row.get(key, math.nan) for row in draw]
+                     for draw in self.output['measured']], np.float64)
 
   def mean(self, key: str) -> np.ndarray:
-    """Per layer, the mean over draws of a measured statistic."""
-    return np.mean([[row[key] for row in draw] for draw in self.measured], axis=0)
+    return np.mean(self._values(key), axis=0)
 
   def spread(self, key: str) -> np.ndarray:
-    """Per layer, the standard error of that mean over draws (0 for one draw)."""
-    values = np.array([[row[key] for row in draw] for draw in self.measured])
+    values = self._values(key)
     if len(values) < 2:
       return np.zeros(values.shape[1])
     return values.std(axis=0, ddof=1) / math.sqrt(len(values))
 
   def theory(self, key: str) -> np.ndarray:
-    return np.array([row[key] for row in self.predicted])
+    key = self.health if key == 'inactive' else key
+    return np.array([row.get(key, math.nan) for row in self.output['predicted']],
+                    np.float64)  # JSON holds NaN as 'nan'.
 
-
-def run(config: Config, *, overwrite: bool = False) -> dict[str, Any]:
-  """Signal propagation at init: measured vs mean-field theory, per layer."""
-  start = time.time()
-  workdir = rundir.start(config, overwrite=overwrite)
-  dataset = data_lib.load_configured(config)
-  if config.batch_size > len(dataset.train_labels):
-    raise ValueError(f'batch_size={config.batch_size} exceeds the '
-                     f'{len(dataset.train_labels)} training examples of {dataset.name}')
-  rng = np.random.default_rng(config.seed)
-  idx = np.sort(rng.choice(len(dataset.train_labels), config.batch_size, replace=False))
-  x = data_lib.normalize(dataset.train_images[idx], dataset.mean, dataset.std)
-  labels = dataset.train_labels[idx]
-  print(f'{dataset.name}: a batch of {len(idx)} training examples, '
-        f'{dataset.num_features} features; MLP {config.sp_depth}×{config.sp_width}, '
-        f'{config.sp_draws} weight draws per case')
-
-  cases = []
-  for batchnorm in BATCHNORM_SETTINGS[config.sp_batchnorm]:
-    for activation in config.sp_activations:
-      for init in config.sp_inits:
-        case = measure_case(config, init, activation, batchnorm, x, labels,
-                            dataset.num_classes)
-        cases.append(case)
-        _append_metrics(workdir / 'metrics.jsonl', case)
-        print(_summary_line(case))
-
-  figures = {
-      'activation_histograms.png': plot_histograms,
-      'signal_std.png': plot_std,
-      'inactive.png': plot_inactive,
-  }
-  for name, plot in figures.items():
-    plot(cases, workdir / name)
-  rows = [summary_row(case) for case in cases]
-  (workdir / 'report.md').write_text(report(config, dataset, cases, rows))
-  summary = {'cases': rows, 'figures': sorted(figures), 'workdir': str(workdir),
-             'wall_time_s': time.time() - start}
-  rundir.write_json(workdir / 'summary.json', summary)
-  print(f'wrote {workdir}/ (report.md, {", ".join(figures)}) in '
-        f'{summary["wall_time_s"]:.1f}s')
-  return summary
-
-
-def measure_case(config: Config, init: str, activation: str, batchnorm: bool,
-                 x: jax.Array, labels: np.ndarray, num_classes: int) -> Case:
-  """Builds ``sp_draws`` models of one case, measures each, and predicts."""
-  data_dependent = init in initializers.DATA_DEPENDENT
-  second_moment = np.mean(np.square(np.asarray(x, np.float64)), axis=1)
-  measured, predicted, lsuv_info, histograms = [], [], [], None
-  for draw in range(config.sp_draws):
-    model = models.MLP(
-        x.shape[1], (config.sp_width,) * config.sp_depth, num_classes,
-        activation=activation,
-        init=initializers.DATA_DEPENDENT.get(init, init), batchnorm=batchnorm,
-        bn_momentum=config.bn_momentum, bn_epsilon=config.bn_epsilon,
-        output_init=config.output_init, output_scale=config.output_scale,
-        rngs=nnx.Rngs(params=jax.random.fold_in(jax.random.key(config.seed), draw)))
-    if data_dependent:
-      lsuv_info.append(sp.apply_lsuv(model, x))
-    measured.append(sp.measure(model, x, labels))
-    if histograms is None:
-      histograms = sp.activations_per_layer(model, x)
-    # Data-dependent schemes: theory from the kernels' actual variances.
-    if data_dependent or draw == 0:
-      predicted.append(sp.predict(
-          activation,
-          weight_variances=sp.model_weight_variances(
-              model, None if data_dependent else init),
-          widths=sp.model_widths(model), input_second_moment=second_moment,
-          batchnorm=batchnorm))
-  mean_prediction = [
-      {key: float(np.mean([p[l][key] for p in predicted])) for key in predicted[0][l]}
-      for l in range(config.sp_depth)]
-  # The last layer's gradient depends on the output layer and the loss, not on the
-  # recursion: theory starts from the measured one.
-  last_grad_std = float(np.mean([rows[-1]['activation_grad_std'] for rows in measured]))
-  return Case(init, activation, batchnorm, measured,
-              sp.anchor_gradients(mean_prediction, last_grad_std, batchnorm=batchnorm),
-              histograms, lsuv_info or None)
-
-
-def summary_row(case: Case) -> dict[str, Any]:
-  """The last layer of a case: measured (mean ± s.e. over draws) vs predicted."""
-  act_std, act_se = case.mean('activation_std'), case.spread('activation_std')
-  inactive = case.mean('inactive_fraction')
-  grads = case.mean('activation_grad_std')
-  theory_grads = case.theory('activation_grad_std')
-  return {
-      'init': case.init,
-      'activation': case.activation,
-      'batchnorm': case.batchnorm,
-      'sigma_w2_hidden': case.predicted[-1]['sigma_w2'],
-      'last_activation_std': float(act_std[-1]),
-      'last_activation_std_se': float(act_se[-1]),
-      'predicted_last_activation_std': case.predicted[-1]['activation_std'],
-      'last_preactivation_std': float(case.mean('preactivation_std')[-1]),
-      'predicted_last_preactivation_std': case.predicted[-1]['preactivation_std'],
-      'inactive_kind': activations.INACTIVE[case.activation],
-      'last_inactive_fraction': float(inactive[-1]),
-      'max_inactive_fraction': float(np.max(inactive)),
-      'predicted_last_inactive_fraction': case.predicted[-1]['inactive_fraction'],
-      'grad_ratio_first_to_last': float(grads[0] / grads[-1]),
-      'predicted_grad_ratio_first_to_last': float(theory_grads[0] / theory_grads[-1]),
-      'loss': case.measured[0][0]['loss'],
-  }
-
-
-def _append_metrics(path, case: Case):
-  for draw, rows in enumerate(case.measured):
-    for layer, row in enumerate(rows, start=1):
-      record = {'init': case.init, 'activation': case.activation,
-                'batchnorm': case.batchnorm, 'draw': draw, 'layer': layer, **row}
-      record.update({f'predicted_{k}': v for k, v in case.predicted[layer - 1].items()})
-      rundir.append_jsonl(path, record)
+  def last_layer(self) -> dict:
+    grads, theory = self.mean('activation_grad_std'), self.theory('activation_grad_std')
+    return {'init': self.init, 'activation': self.activation, 'batchnorm': self.batchnorm,
+            'sigma_w2_hidden': self.output['predicted'][-1]['sigma_w2'],
+            'activation_std': self.mean('activation_std')[-1],
+            'activation_std_se': self.spread('activation_std')[-1],
+            'predicted_activation_std': self.theory('activation_std')[-1],
+            'inactive_kind': activations.INACTIVE[self.activation],
+            'inactive': self.mean('inactive')[-1],
+            'max_inactive': np.max(self.mean('inactive')),
+            'predicted_inactive': self.theory('inactive')[-1],
+            'grad_ratio': grads[0] / grads[-1], 'predicted_grad_ratio': theory[0] / theory[-1]}
 
 
 def _fmt(value: float, digits: int = 4) -> str:
@@ -187,109 +177,76 @@ def _pct(value: float) -> str:
   return 'n/a' if value is None or not math.isfinite(value) else f'{100 * value:.1f}%'
 
 
-def _summary_line(case: Case) -> str:
-  row = summary_row(case)
-  return (f'{case.activation:>10} {case.label:<22} last-layer activation std '
-          f'{_fmt(row["last_activation_std"])} (predicted '
-          f'{_fmt(row["predicted_last_activation_std"])}), '
-          f'{row["inactive_kind"] or "inactive"} {_pct(row["last_inactive_fraction"])} '
-          f'(predicted {_pct(row["predicted_last_inactive_fraction"])})')
+def check(context: runner.Context, results) -> list[runner.Check]:
+  cases = [Case(r) for r in results.values()]
+  plain = [c.last_layer() for c in cases if not c.batchnorm]
+  ratios = [row['activation_std'] / row['predicted_activation_std'] for row in plain]
+  checks = [runner.Check(
+      'without BatchNorm, the mean-field theory predicts the last layer\'s activation '
+      'std within 10% for every init and activation',
+      f'measured/theory from {min(ratios):.3f} to {max(ratios):.3f}' if ratios
+      else 'no case without BatchNorm', all(0.9 <= r <= 1.1 for r in ratios))]
+  tanh = {c.init: c.last_layer()['inactive'] for c in cases
+          if c.activation == 'tanh' and not c.batchnorm}
+  if {'normal', 'kaiming'} <= set(tanh):
+    checks.append(runner.Check(
+        'N(0, 1) saturates a deep tanh net (> 50% of the last layer) while Kaiming '
+        'keeps it below 10%', f'normal {tanh["normal"]:.1%}, kaiming {tanh["kaiming"]:.1%}',
+        tanh['normal'] > 0.5 and tanh['kaiming'] < 0.1))
+  return checks
 
 
-def report(config: Config, dataset: data_lib.Dataset, cases: list[Case],
-           rows: list[dict[str, Any]]) -> str:
-  """The ``report.md`` text: setup, the last-layer table, per-layer tables, notes."""
-  depth = config.sp_depth
-  lines = [
-      '# Signal propagation at initialization', '',
-      f'MLP of {depth} hidden layers × {config.sp_width} units on `{dataset.name}` '
-      f'({dataset.num_features} input features, {dataset.num_classes} classes); one '
-      f'training batch of {config.batch_size} examples, measured in training mode at '
-      f'init (no training), {config.sp_draws} independent weight draws per case '
-      f'(seed {config.seed}). Biases start at 0 (σ_b² = 0). Saturated: |φ| within '
-      f'{1 - activations.SATURATION_THRESHOLD:.2f} of an asymptote (|tanh z| > '
-      f'{activations.SATURATION_THRESHOLD}); dead: a unit ≤ 0 for the whole batch.', '',
-      f'## Layer {depth} (the last hidden layer)', '',
-      f'σ_w² = fan_in·Var(W) of the hidden {config.sp_width}→{config.sp_width} '
-      'layers; "measured" is the mean ± standard error over weight draws; "theory" is '
-      'the mean-field prediction (fundamentals/signal_propagation.py). Gradient ratio: '
-      'std of ∂L/∂h_1 over std of ∂L/∂h_L (>1: gradients grow towards the input).', '',
-      '| init | activation | BN | σ_w² | activation std: measured | theory | '
-      'measured/theory | inactive: measured | theory | max over layers | '
-      'grad ratio 1/L: measured | theory |',
-      '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |',
-  ]
-  for row in rows:
-    ratio = row['last_activation_std'] / row['predicted_last_activation_std']
-    kind = row['inactive_kind'] or 'inactive'
-    lines.append(
-        f'| {row["init"]} | {row["activation"]} | {"on" if row["batchnorm"] else "off"} '
-        f'| {_fmt(row["sigma_w2_hidden"])} '
-        f'| {_fmt(row["last_activation_std"])} ± {_fmt(row["last_activation_std_se"], 2)} '
-        f'| {_fmt(row["predicted_last_activation_std"])} | {ratio:.3f} '
-        f'| {_pct(row["last_inactive_fraction"])} {kind} '
-        f'| {_pct(row["predicted_last_inactive_fraction"])} '
-        f'| {_pct(row["max_inactive_fraction"])} '
-        f'| {_fmt(row["grad_ratio_first_to_last"], 3)} '
-        f'| {_fmt(row["predicted_grad_ratio_first_to_last"], 3)} |')
-  lines += [
-      '', '![activation histograms](activation_histograms.png)', '',
-      '![std per layer](signal_std.png)', '', '![inactive per layer](inactive.png)', '',
-      '## Reading it', '',
-      '- **Theory applies** without BatchNorm, at large width, for i.i.d. weights with '
-      'variance σ_w²/fan_in: q_l = σ_w²·E[φ(z)²], z ~ N(0, q_{l−1}), and gradients '
-      'scale by χ = σ_w²·E[φ′(z)²] per layer going back. Expect agreement to a few '
-      'percent per layer, drifting by ~√(2l/width) with depth: a finite-width '
-      'weight draw is one random sample, which is what the draws\' standard error '
-      'shows.',
-      '- **N(0, 1)** has σ_w² = fan_in: tanh units saturate from layer 1 on; ReLU '
-      'activations grow by √(fan_in/2) per layer.',
-      '- **Xavier** (gain 1, Glorot\'s definition) has σ_w² = 1 on square layers: '
-      'with ReLU, E[ReLU(z)²] = q/2 halves the variance per layer (std × 1/√2); with '
-      'tanh the signal decays slowly towards 0.',
-      '- **Kaiming** takes the activation\'s gain (ReLU √2, tanh 5/3): ReLU stays '
-      'flat; tanh reaches a fixed point q* ≈ 1.18 where about 5% of units are '
-      'saturated (|z| > atanh 0.97 = 2.09).',
-      '- **Dead ReLU units at init** (no prediction here): with zero biases, deeper '
-      'layers see increasingly correlated inputs, so a unit can be ≤ 0 for the whole '
-      'batch; the fraction is the same for every init scale (ReLU is positively '
-      'homogeneous).',
-      '- **BatchNorm** standardizes every pre-activation over the batch, so the '
-      'forward prediction is q = 1 at every layer, whatever the init; the backward '
-      'recursion does not apply (BN\'s backward pass projects out the batch mean and '
-      'the direction of z), so no gradient prediction is drawn.',
-  ]
-  lsuv_cases = [c for c in cases if c.lsuv]
-  if lsuv_cases:
-    lines += ['', '## LSUV', '',
-              'Orthogonal pre-init, then each layer\'s kernel rescaled until its output '
-              'variance is 1 ± 0.1 (Mishkin & Matas, 2016). Theory uses the rescaled '
-              'kernels\' variances. Iterations per layer (first draw):', '']
-    for c in lsuv_cases:
-      its = ', '.join(str(i['iterations']) for i in c.lsuv[0])
-      lines.append(f'- {c.activation}{" +BN" if c.batchnorm else ""}: {its}')
-  lines += ['', '## Per layer', '']
-  for c in cases:
-    lines += [f'### {c.init}, {c.activation}, BN {"on" if c.batchnorm else "off"}', '',
-              '| layer | preact std | theory | act std | theory | inactive | theory '
-              '| ∂L/∂h std | theory | ∂L/∂W std |',
-              '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |']
-    columns = [c.mean('preactivation_std'), c.theory('preactivation_std'),
-               c.mean('activation_std'), c.theory('activation_std'),
-               c.mean('inactive_fraction'), c.theory('inactive_fraction'),
-               c.mean('activation_grad_std'), c.theory('activation_grad_std'),
-               c.mean('kernel_grad_std')]
-    for l in range(depth):
-      v = [col[l] for col in columns]
-      lines.append(f'| {l + 1} | {_fmt(v[0])} | {_fmt(v[1])} | {_fmt(v[2])} | '
-                   f'{_fmt(v[3])} | {_pct(v[4])} | {_pct(v[5])} | {_fmt(v[6], 3)} | '
-                   f'{_fmt(v[7], 3)} | {_fmt(v[8], 3)} |')
-    lines.append('')
-  return '\n'.join(lines) + '\n'
+def summarize(context: runner.Context, results) -> runner.Summary:
+  s = context.settings
+  cases = [Case(r) for r in results.values()]
+  last = [c.last_layer() for c in cases]
+  table = markdown_table(
+      ['init', 'activation', 'BN', 'σ_w²', 'activation std: measured', 'theory',
+       'measured/theory', 'inactive: measured', 'theory', 'max over layers',
+       'grad ratio 1/L: measured', 'theory'],
+      [[r['init'], r['activation'], 'on' if r['batchnorm'] else 'off',
+        _fmt(r['sigma_w2_hidden']),
+        f'{_fmt(r["activation_std"])} ± {_fmt(r["activation_std_se"], 2)}',
+        _fmt(r['predicted_activation_std']),
+        f'{r["activation_std"] / r["predicted_activation_std"]:.3f}',
+        f'{_pct(r["inactive"])} {r["inactive_kind"] or "inactive"}',
+        _pct(r['predicted_inactive']), _pct(r['max_inactive']),
+        _fmt(r['grad_ratio'], 3), _fmt(r['predicted_grad_ratio'], 3)] for r in last])
+  lsuv = [c for c in cases if c.output['lsuv']]
+  lsuv_section = ''.join(
+      ['\n## LSUV\n\nOrthogonal pre-init, then each layer\'s kernel rescaled until its '
+       'output variance is 1 ± 0.1 (Mishkin & Matas, 2016). Theory uses the rescaled '
+       'kernels\' variances. Iterations per layer (first draw):\n\n'] +
+      [f'- {c.activation}{" +BN" if c.batchnorm else ""}: '
+       + ', '.join(str(i['iterations']) for i in c.output['lsuv'][0]) + '\n'
+       for c in lsuv]) if lsuv else ''
+  per_layer = '\n'.join(
+      f'### {c.init}, {c.activation}, BN {"on" if c.batchnorm else "off"}\n\n' +
+      markdown_table(['layer', 'preact std', 'theory', 'act std', 'theory', 'inactive',
+                      'theory', '∂L/∂h std', 'theory', '∂L/∂W std'],
+                     _per_layer_rows(c, s.depth)) + '\n' for c in cases)
+  text = runner.render(
+      __file__, config=context.config, dataset=context.dataset, depth=s.depth,
+      width=s.width, draws=s.draws, margin=1 - activations.SATURATION_THRESHOLD,
+      threshold=activations.SATURATION_THRESHOLD, last_layer_table=table,
+      lsuv_section=lsuv_section, per_layer=per_layer)
+  return runner.Summary('Signal propagation at initialization', text, figures={
+      'activation_histograms.png': histogram_figure(cases),
+      'signal_std.png': std_figure(cases), 'inactive.png': inactive_figure(cases)},
+      values={'last_layer': last})
+
+
+def _per_layer_rows(c: Case, depth: int) -> list[list[str]]:
+  grads = lambda v: _fmt(v, 3)
+  columns = [(c.mean('preactivation_std'), _fmt), (c.theory('preactivation_std'), _fmt),
+             (c.mean('activation_std'), _fmt), (c.theory('activation_std'), _fmt),
+             (c.mean('inactive'), _pct), (c.theory('inactive'), _pct),
+             (c.mean('activation_grad_std'), grads), (c.theory('activation_grad_std'), grads),
+             (c.mean('kernel_grad_std'), grads)]
+  return [[l + 1, *(f(values[l]) for values, f in columns)] for l in range(depth)]
 
 
 def _panels(cases: list[Case]) -> list[tuple[str, bool]]:
-  """(activation, batchnorm) pairs, in the order the cases were run."""
   return list(dict.fromkeys((c.activation, c.batchnorm) for c in cases))
 
 
@@ -297,109 +254,70 @@ def _title(activation: str, batchnorm: bool) -> str:
   return f'{activation}{", BatchNorm" if batchnorm else ""}'
 
 
-def _colors(cases: list[Case]) -> dict[str, Any]:
-  inits = list(dict.fromkeys(c.init for c in cases))
-  return {init: cm.tab10(i % 10) for i, init in enumerate(inits)}
+def _colors(cases: list[Case]) -> dict:
+  return {init: cm.tab10(i % 10) for i, init in enumerate(dict.fromkeys(c.init for c in cases))}
 
 
-def plot_histograms(cases: list[Case], path):
+def histogram_figure(cases: list[Case]):
   """One panel per case, one curve per layer: the distribution of activation values."""
-  panels = _panels(cases)
-  inits = list(dict.fromkeys(c.init for c in cases))
-  fig = Figure(figsize=(3.6 * len(inits), 2.8 * len(panels)), layout='constrained')
-  axes = fig.subplots(len(panels), len(inits), squeeze=False)
+  panels, inits = _panels(cases), list(dict.fromkeys(c.init for c in cases))
+  fig, axes = plots.figure(len(panels), len(inits), size=(3.6 * len(inits), 2.8 * len(panels)))
   for c in cases:
-    ax = axes[panels.index((c.activation, c.batchnorm)), inits.index(c.init)]
-    values = [np.ravel(h) for h in c.histograms]
-    colors = cm.viridis(np.linspace(0, 0.95, len(values)))
-    bounded = {'tanh': (-1.0, 1.0), 'sigmoid': (0.0, 1.0)}
-    if c.activation in bounded:
-      # Glorot & Bengio's view: the values themselves; saturation piles up at the ends.
-      edges = np.linspace(*bounded[c.activation], 61)
+    ax = axes[panels.index((c.activation, c.batchnorm))][inits.index(c.init)]
+    h = c.output['histograms']
+    edges = np.asarray(h['edges'])
+    colors = cm.viridis(np.linspace(0, 0.95, len(h['fractions'])))
+    bounded = c.activation in BOUNDED
+    centres = 0.5 * (edges[1:] + edges[:-1]) if bounded else np.sqrt(edges[1:] * edges[:-1])
+    for l, (fractions, color) in enumerate(zip(h['fractions'], colors), start=1):
+      ax.plot(centres, fractions, color=color,
+              label=f'layer {l}' if l in (1, len(h['fractions'])) else None)
+    if bounded:
       ax.set_yscale('log')
-      ax.set_xlabel('activation value', fontsize=8)
     else:
-      # Unbounded: magnitudes on a log axis, so growth or decay by a constant factor
-      # per layer is a constant shift, whatever the scale.
-      values = [np.abs(v[v != 0]) for v in values]
-      pooled = np.concatenate(values) if any(v.size for v in values) else np.ones(1)
-      lo, hi = np.percentile(pooled, [0.1, 99.9])
-      edges = np.geomspace(lo, max(hi, 1.01 * lo), 61)
       ax.set_xscale('log')
-      ax.set_xlabel('|activation| (nonzero values)', fontsize=8)
-    for l, (v, color) in enumerate(zip(values, colors), start=1):
-      counts, _ = np.histogram(np.clip(v, edges[0], edges[-1]), edges)
-      ax.plot(np.sqrt(edges[1:] * edges[:-1]) if c.activation not in bounded
-              else 0.5 * (edges[1:] + edges[:-1]), counts / max(len(v), 1),
-              color=color, label=f'layer {l}' if l in (1, len(values)) else None)
+    ax.set_xlabel('activation value' if bounded else '|activation| (nonzero values)',
+                  fontsize=8)
     ax.set_title(f'{c.init}, {_title(c.activation, c.batchnorm)}', fontsize=9)
     ax.tick_params(labelsize=7)
     ax.legend(fontsize=7)
   for row in axes:
     row[0].set_ylabel('fraction of values')
   fig.suptitle('Activations per layer at init (dark: layer 1, light: last)')
-  fig.savefig(path, dpi=110)
+  return fig
 
 
-def plot_std(cases: list[Case], path):
+def _series(cases: list[Case], keys: list[str], factor: float = 1.0) -> list[dict]:
+  colors = _colors(cases)
+  return [{'panel': _title(c.activation, c.batchnorm), 'label': c.init,
+           'color': colors[c.init],
+           **{part: {k: factor * getattr(c, part)(k) for k in keys}
+              for part in ('mean', 'spread', 'theory')}} for c in cases]
+
+
+def std_figure(cases: list[Case]):
   """Rows: std of activations, of ∂L/∂h_l, of ∂L/∂W_l; measured (markers) vs theory."""
-  panels = _panels(cases)
-  colors = _colors(cases)
-  rows = [('activation_std', 'std of activations h_l', True),
-          ('activation_grad_std', 'std of ∂L/∂h_l', True),
-          ('kernel_grad_std', 'std of ∂L/∂W_l', False)]
-  fig = Figure(figsize=(4.2 * len(panels), 9), layout='constrained')
-  axes = fig.subplots(len(rows), len(panels), squeeze=False)
-  for c in cases:
-    col = panels.index((c.activation, c.batchnorm))
-    layers = np.arange(1, len(c.predicted) + 1)
-    for r, (key, label, has_theory) in enumerate(rows):
-      ax = axes[r, col]
-      ax.errorbar(layers, c.mean(key), yerr=c.spread(key), marker='o', ms=4,
-                  linestyle='none', color=colors[c.init], label=c.init)
-      if has_theory and np.all(np.isfinite(c.theory(key))):
-        ax.plot(layers, c.theory(key), '-', lw=1, color=colors[c.init])
-      ax.set_yscale('log')
-      ax.set_ylabel(label)
-      ax.set_xlabel('layer')
-      ax.set_title(_title(c.activation, c.batchnorm), fontsize=9)
-  for ax in axes.flat:
-    ax.legend(fontsize=7)
-    _at_least_a_decade(ax)
-  fig.suptitle('Std per layer at init: measured (dots, ± s.e. over draws), '
-               'mean-field theory (lines)')
-  fig.savefig(path, dpi=110)
+  rows = [('activation_std', 'std of activations h_l'),
+          ('activation_grad_std', 'std of ∂L/∂h_l'), ('kernel_grad_std', 'std of ∂L/∂W_l')]
+  return plots.per_layer_figure(
+      _series(cases, [k for k, _ in rows]), rows=rows, title='Std per layer at init: '
+      'measured (dots, ± s.e. over draws), mean-field theory (lines)')
 
 
-def _at_least_a_decade(ax):
-  """Widens a log y-axis to span at least 10×, so noise on a flat curve looks flat."""
-  lo, hi = ax.get_ylim()
-  if lo > 0 and hi / lo < 10:
-    centre = math.sqrt(lo * hi)
-    ax.set_ylim(centre / math.sqrt(10), centre * math.sqrt(10))
-
-
-def plot_inactive(cases: list[Case], path):
+def inactive_figure(cases: list[Case]):
   """Saturated (tanh, sigmoid, SELU) or dead (ReLU) fraction per layer, vs theory."""
-  panels = _panels(cases)
-  colors = _colors(cases)
-  fig = Figure(figsize=(4.2 * len(panels), 3.2), layout='constrained')
-  axes = fig.subplots(1, len(panels), squeeze=False)[0]
-  for c in cases:
-    ax = axes[panels.index((c.activation, c.batchnorm))]
-    layers = np.arange(1, len(c.predicted) + 1)
-    ax.errorbar(layers, 100 * c.mean('inactive_fraction'),
-                yerr=100 * c.spread('inactive_fraction'), marker='o', ms=4,
-                linestyle='none', color=colors[c.init], label=c.init)
-    theory = c.theory('inactive_fraction')
-    if np.all(np.isfinite(theory)):
-      ax.plot(layers, 100 * theory, '-', lw=1, color=colors[c.init])
-    kind = activations.INACTIVE[c.activation]
-    ax.set_ylabel({'saturated': '% saturated elements', 'dead': '% dead units'}.get(
-        kind, '% inactive (not defined)'))
-    ax.set_xlabel('layer')
-    ax.set_ylim(-3, 103)
-    ax.set_title(_title(c.activation, c.batchnorm), fontsize=9)
-    ax.legend(fontsize=6)
-  fig.suptitle('Inactive per layer at init: measured (dots), theory (lines)')
-  fig.savefig(path, dpi=110)
+  series = _series(cases, ['inactive'], factor=100)
+  for c, s in zip(cases, series):
+    s['ylabel'] = {'saturated': '% saturated elements', 'dead': '% dead units'}.get(
+        activations.INACTIVE[c.activation], '% inactive (not defined)')
+  return plots.per_layer_figure(
+      series, rows=[('inactive', '% inactive')], log=False,
+      ylim=(-3, 103), height=3.2,
+      title='Inactive per layer at init: measured (dots), theory (lines)')
+
+
+EXPERIMENT = runner.Experiment(
+    name='signal_propagation',
+    description='Signal propagation at init: measured vs mean-field theory, per layer.',
+    members=members, settings=Settings, settings_prefix='sp_', measure=measure,
+    summarize=summarize, check=check)

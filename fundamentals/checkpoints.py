@@ -7,12 +7,16 @@ with both is a whole checkpoint. Writers save every run of a group first and
 :func:`prune` the older steps after, so a kill in between leaves a step they share.
 Only process 0 of a multi-host run saves and restores (its checkpointer waits for no
 other process); the others get the state by broadcast.
+
+Also here: when a checkpoint is due (:func:`is_due`) and from which step a run, or a
+group of runs trained together, can go on (:func:`resume_step`), or why it cannot.
 """
 
+import dataclasses
 import json
 import pathlib
 import shutil
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import numpy as np
@@ -90,3 +94,66 @@ def prune(workdir: pathlib.Path, *, keep: int):
 
 def remove(workdir: pathlib.Path):
   shutil.rmtree(pathlib.Path(workdir) / DIRNAME, ignore_errors=True)
+
+
+def is_due(done: int, last_checkpoint: int, config) -> bool:
+  """Whether to save after ``done`` steps (a record step): at the first record step
+  at or after each multiple of ``checkpoint_every`` (0: never), so that checkpoints
+  change no record; not at the end, since a finished run needs none."""
+  every = config.checkpoint_every
+  return bool(every) and done < config.steps and done // every > last_checkpoint // every
+
+
+def save_group(workdirs: Sequence[pathlib.Path], states: Sequence[Any],
+               hosts: Sequence[dict[str, Any]], step: int):
+  """Every run's checkpoint (diverged ones too), then the older ones removed: a kill
+  in between leaves a step all runs of the group have."""
+  for workdir, state, host in zip(workdirs, states, hosts):
+    save(workdir, step, state, host=host)
+  for workdir in workdirs:
+    prune(workdir, keep=step)
+
+
+def resumable(config) -> tuple[dict[int, dict[str, Any]], str]:
+  """``({step: host side} of its checkpoints, '')`` when ``config.workdir`` holds an
+  unfinished run of this same config that saved some; else ``({}, why not)``. (In a
+  multi-host run every process reads them: a shared file system.)"""
+  from fundamentals.config import Config  # pylint: disable=g-import-not-at-top
+  workdir = pathlib.Path(config.workdir) if config.workdir else None
+  if workdir is None or not (workdir / 'config.json').exists():
+    return {}, 'it holds no run'
+  if (workdir / 'summary.json').exists():
+    return {}, 'that run finished'
+  try:
+    stored = Config.from_json((workdir / 'config.json').read_text())
+  except (ValueError, TypeError) as e:
+    return {}, f'its config.json is unreadable ({e})'
+  stored = dataclasses.replace(stored, workdir=config.workdir)  # Same folder, any spelling.
+  if stored != config:
+    return {}, f'that run had other settings ({", ".join(stored.differences(config))})'
+  found = available(workdir)
+  return found, '' if found else 'that run saved no checkpoint'
+
+
+def resume_step(configs: Sequence[Any], *, overwrite: bool
+                ) -> tuple[int, list[dict[int, dict[str, Any]]]]:
+  """The newest step every run of ``configs`` has a checkpoint of, and each run's
+  ``{step: host side}``; ``(0, [])`` to start afresh.
+
+  Raises FileExistsError saying why a run cannot go on (it finished, saved no
+  checkpoint, had other settings, or the group shares no step), unless
+  ``overwrite`` allows starting afresh.
+  """
+  found, why_not = zip(*[resumable(c) for c in configs])
+  shared = set.intersection(*(set(f) for f in found)) if all(found) else set()
+  if shared:
+    return max(shared), list(found)
+  if not overwrite:
+    reasons = [f'{c.workdir}: {why}' for c, why in zip(configs, why_not)
+               if why and (pathlib.Path(c.workdir) / 'config.json').exists()]
+    if reasons or any(found):
+      raise FileExistsError('cannot resume ' + '; '.join(reasons or [
+          'these runs have no checkpoint step in common: ' + ', '.join(
+              f'{c.workdir}: {sorted(f)}' for c, f in zip(configs, found))])
+          + ' (--overwrite starts afresh)')
+  return 0, []

@@ -1,68 +1,168 @@
-"""The run configuration: one frozen dataclass, serialized as ``config.json``."""
+"""The run configuration: one frozen dataclass, serialized as ``config.json``.
+
+Every field is a *knob*, declared once with :func:`knob`: its default, its help text,
+its group in ``--helpfull`` and how it may vary. ``launch.py`` makes its flags from
+these declarations (``fundamentals.cli``), sweeps parse their values with them
+(:func:`parse_value`), and ``train`` reads which fields are per-run values
+(:func:`per_run_fields`). Adding a knob is one field here, plus its use.
+"""
 
 import dataclasses
 import json
 import math
-from typing import Any
+import types
+import typing
+from typing import Any, Callable, Sequence
 
-# 'sgd': optax.sgd on jax.grad; 'manual_sgd': backprop.py's hand gradients and update.
-OPTIMIZERS = ('sgd', 'manual_sgd')
+GROUPS = ('data', 'model', 'optimization', 'run', 'sweep', 'devices')
+"""The flag groups of ``--helpfull``; experiments add one each for their settings."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Config:
-  """Everything that defines a run. Defaults are the reference BatchNorm-MLP run."""
-  experiment: str = 'train'
-  # Data.
-  dataset: str = 'synthetic_fruits'
-  data_dir: str | None = None
-  validation_fraction: float = 0.0
-  image_size: int = 64
-  augment: tuple[str, ...] = ()
-  # Model.
-  hidden: tuple[int, ...] = (256, 256)
-  activation: str = 'relu'
-  init: str = 'kaiming'
-  output_init: str = 'same'
-  output_scale: float = 0.1
-  batchnorm: bool = True
-  bn_momentum: float = 0.9
-  bn_epsilon: float = 1e-5
-  bn_impl: str = 'flax'
-  # Optimization.
-  optimizer: str = 'sgd'
-  lr: float = 0.05
-  momentum: float = 0.9
-  schedule: str = 'cosine'
-  warmup_steps: int = 0
-  steps: int = 1500
-  batch_size: int = 128
-  # Split each batch over all devices (all hosts) when there are several.
-  data_parallel: bool = True
-  # Bookkeeping.
-  log_every: int = 100
-  eval_every: int = 500
-  diagnostics_every: int = 100  # 0: no in-step diagnostics (no histograms either).
-  checkpoint_every: int = 500  # Steps between checkpoints (removed once finished); 0: none.
-  seed: int = 0
-  workdir: str = ''
-  # The signal_propagation experiment (experiments/signal_propagation.py).
-  sp_inits: tuple[str, ...] = ('normal', 'xavier', 'kaiming')
-  sp_activations: tuple[str, ...] = ('tanh', 'relu')
-  sp_depth: int = 10
-  sp_width: int = 512
-  sp_batchnorm: str = 'off'  # 'off', 'on' or 'both'.
-  sp_draws: int = 8
+def knob(default: Any, help: str, *, group: str, sweep: bool = False,  # pylint: disable=redefined-builtin
+         per_run: bool = False,
+         choices: Callable[[], Sequence[str]] | None = None) -> Any:
+  """A dataclass field that describes itself.
+
+  Args:
+    default: the default value (immutable: tuples, not lists).
+    help: one or two sentences for ``--helpfull``.
+    group: where the flag is listed (one of ``GROUPS``, or an experiment's name).
+    sweep: whether a comma-separated list of values sweeps it.
+    per_run: whether it enters the compiled train step as a value rather than as a
+      constant, so runs that differ only in per-run fields share one compilation and
+      can train together (``--vectorize``).
+    choices: the valid names, for the help text (validation stays with the
+      registries).
+  """
+  return dataclasses.field(default=default, metadata={
+      'help': help, 'group': group, 'sweep': sweep, 'per_run': per_run,
+      'choices': choices})
+
+
+def _names(module: str, registry: str) -> Callable[[], list[str]]:
+  def names():
+    import importlib  # pylint: disable=g-import-not-at-top
+    return sorted(getattr(importlib.import_module(f'fundamentals.{module}'), registry))
+  return names
+
+
+def _initializer_names() -> list[str]:
+  from fundamentals import initializers  # pylint: disable=g-import-not-at-top
+  return [*initializers.names(), *initializers.DATA_DEPENDENT]
+
+
+class Knobs:
+  """Base of the frozen dataclasses made of knobs (``Config``, experiments'
+  settings, launch options): tuple fields take any sequence (a flag's list, JSON's
+  list), then ``validate()`` checks the values."""
 
   def __post_init__(self):
-    object.__setattr__(self, 'hidden', tuple(int(w) for w in self.hidden))
-    object.__setattr__(self, 'augment', tuple(self.augment))
-    object.__setattr__(self, 'sp_inits', tuple(self.sp_inits))
-    object.__setattr__(self, 'sp_activations', tuple(self.sp_activations))
-    validate(self)
+    for field in dataclasses.fields(self):
+      if is_tuple(field.type):
+        object.__setattr__(self, field.name, tuple(
+            _element_type(field.type)(v) for v in getattr(self, field.name)))
+    self.validate()
+
+  def validate(self):
+    """Raises ValueError naming an invalid value and what would be valid."""
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
+
+
+def build(cls, values: dict[str, Any]):
+  """``cls(**values)``, refusing unknown keys with the valid ones."""
+  known = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(values) - known)
+  if unknown:
+    raise ValueError(f'Unknown {cls.__name__} keys {unknown}; valid: {sorted(known)}')
+  return cls(**values)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(Knobs):
+  """Everything that defines a run. Defaults are the reference BatchNorm-MLP run."""
+  experiment: str = knob('train', 'Experiment to run; "list" prints them all.',
+                         group='run')
+  # Data.
+  dataset: str = knob(
+      'synthetic_fruits', 'TFDS dataset name[/config]: the built-in "synthetic_fruits" '
+      '(offline), "synthetic_fruits/small", "image_folder" (with --data_dir), or a '
+      'prepared TFDS dataset.', group='data')
+  data_dir: str | None = knob(
+      None, 'TFDS data directory (default: $TFDS_DATA_DIR or ~/tensorflow_datasets); '
+      'with --dataset=image_folder, the folder holding train/ and test/.', group='data')
+  validation_fraction: float = knob(
+      0.0, 'Share of each training class held out as validation when the dataset has '
+      'no validation split.', group='data')
+  image_size: int = knob(64, 'Side length image folders are resized to.', group='data')
+  augment: tuple[str, ...] = knob(
+      (), 'Training-batch augmentations, comma-separated (empty: none).', group='data',
+      choices=_names('augment', 'AUGMENTATIONS'))
+  # Model.
+  hidden: tuple[int, ...] = knob((256, 256), 'Comma-separated hidden-layer widths, '
+                                 'e.g. 512,512,512.', group='model')
+  activation: str = knob('relu', 'Hidden-layer activation.', group='model', sweep=True,
+                         choices=_names('activations', 'ACTIVATIONS'))
+  init: str = knob(
+      'kaiming', 'Hidden-kernel initializer (Kaiming and orthogonal take the '
+      'activation gain; LeCun and Xavier use gain 1; lsuv: orthogonal, then each layer '
+      'rescaled to unit output variance on the first training batch).', group='model',
+      sweep=True, per_run=True, choices=_initializer_names)
+  output_init: str = knob('same', 'Output-kernel initializer; "same" = --init with '
+                          'linear gain.', group='model', sweep=True, per_run=True,
+                          choices=lambda: ['same', *_initializer_names()])
+  output_scale: float = knob(
+      0.1, 'Factor on the output kernel at init (0.01-0.1 keeps the initial loss near '
+      'ln N; 1 shows overconfident logits).', group='model', sweep=True, per_run=True)
+  batchnorm: bool = knob(True, 'BatchNorm after each hidden Dense (which then has no '
+                         'bias): true/false.', group='model', sweep=True)
+  bn_momentum: float = knob(0.9, 'alpha of the BN running averages mu <- alpha*mu + '
+                            '(1-alpha)*mu_B (Flax\'s momentum; PyTorch\'s is 1-alpha).',
+                            group='model', sweep=True)
+  bn_epsilon: float = knob(1e-5, 'epsilon added to the BN variance.', group='model')
+  bn_impl: str = knob('flax', 'BatchNorm layer: Flax\'s nnx.BatchNorm or ours '
+                      '(fundamentals/batchnorm.py); the same up to the variance\'s '
+                      'rounding.', group='model', sweep=True,
+                      choices=_names('batchnorm', 'IMPLEMENTATIONS'))
+  bn_unbiased_running_var: bool = knob(
+      False, 'PyTorch\'s convention: the running variance averages the unbiased '
+      'm/(m-1)*var_B (needs --bn_impl=ours); default: the biased var_B, as Flax.',
+      group='model')
+  # Optimization.
+  optimizer: str = knob('sgd', 'sgd: optax SGD on jax.grad; manual_sgd: the '
+                        'hand-written backward pass and update (fundamentals/'
+                        'backprop.py).', group='optimization', sweep=True,
+                        choices=_names('optimizers', 'OPTIMIZERS'))
+  lr: float = knob(0.05, 'Peak learning rate.', group='optimization', sweep=True,
+                   per_run=True)
+  momentum: float = knob(0.9, 'SGD momentum (0 for plain SGD).', group='optimization',
+                         sweep=True, per_run=True)
+  schedule: str = knob('cosine', 'Learning-rate schedule.', group='optimization',
+                       sweep=True, choices=_names('schedules', 'SCHEDULES'))
+  warmup_steps: int = knob(0, 'Linear warmup steps.', group='optimization', sweep=True)
+  steps: int = knob(1500, 'Training steps.', group='optimization', sweep=True)
+  batch_size: int = knob(128, 'Training batch size.', group='optimization', sweep=True)
+  # Bookkeeping.
+  log_every: int = knob(100, 'Steps between metrics records.', group='run')
+  eval_every: int = knob(500, 'Steps between held-out evaluations.', group='run')
+  diagnostics_every: int = knob(
+      100, 'Steps between per-layer diagnostics (activation/gradient statistics, '
+      'update:data ratios, histograms); 0 turns them off.', group='run')
+  checkpoint_every: int = knob(
+      500, 'Steps between checkpoints of the training state (orbax, removed once the '
+      'run finishes); 0: none.', group='run')
+  seed: int = knob(0, 'Random seed (init, shuffling, augmentation).', group='run',
+                   sweep=True, per_run=True)
+  workdir: str = knob('', 'Run directory (default: runs/<timestamp>-<experiment>).',
+                      group='run')
+  # Devices.
+  data_parallel: bool = knob(
+      True, 'Split each batch over all devices (of all hosts) when there are several; '
+      'BatchNorm statistics stay those of the whole batch.', group='devices')
+
+  def validate(self):
+    validate(self)
 
   def to_json(self) -> str:
     return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -74,11 +174,7 @@ class Config:
 
   @classmethod
   def from_dict(cls, values: dict[str, Any]) -> 'Config':
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-      raise ValueError(f'Unknown config keys {unknown}; valid: {sorted(known)}')
-    return cls(**values)
+    return build(cls, values)
 
   @classmethod
   def from_json(cls, text: str) -> 'Config':
@@ -88,8 +184,8 @@ class Config:
 def validate(config: Config):
   """Raises ValueError naming the first invalid setting and what would be valid."""
   # Imported here so that building a Config stays cheap for callers that only parse.
-  from fundamentals import activations, augment, initializers, schedules  # pylint: disable=g-import-not-at-top
-  from fundamentals import batchnorm  # pylint: disable=g-import-not-at-top
+  from fundamentals import activations, augment, batchnorm, initializers  # pylint: disable=g-import-not-at-top
+  from fundamentals import optimizers, schedules  # pylint: disable=g-import-not-at-top
   augment.validate(config.augment)
   if not 0 <= config.validation_fraction < 1:
     raise ValueError(f'validation_fraction={config.validation_fraction} must be in '
@@ -102,20 +198,6 @@ def validate(config: Config):
                                activation=config.activation)
   if config.output_init != 'same':
     initializers.get_initializer(config.output_init)
-  if not config.sp_inits or not config.sp_activations:
-    raise ValueError(f'sp_inits={list(config.sp_inits)} and sp_activations='
-                     f'{list(config.sp_activations)} must each name at least one')
-  for name in config.sp_inits:
-    if name not in initializers.DATA_DEPENDENT:
-      initializers.get_scheme(name)
-  for name in config.sp_activations:
-    activations.get_activation(name)
-  if config.sp_batchnorm not in ('off', 'on', 'both'):
-    raise ValueError(f"sp_batchnorm={config.sp_batchnorm!r} must be 'off', 'on' or "
-                     "'both'")
-  for name in ('sp_depth', 'sp_width', 'sp_draws'):
-    if getattr(config, name) < 1:
-      raise ValueError(f'{name}={getattr(config, name)} must be positive')
   if config.schedule not in schedules.SCHEDULES:
     raise ValueError(f'Unknown schedule {config.schedule!r}; valid: '
                      f'{sorted(schedules.SCHEDULES)}')
@@ -134,8 +216,7 @@ def validate(config: Config):
     raise ValueError(f'lr={config.lr} must be a positive finite number')
   if not (math.isfinite(config.output_scale) and config.output_scale >= 0):
     raise ValueError(f'output_scale={config.output_scale} must be finite and >= 0')
-  if config.optimizer not in OPTIMIZERS:
-    raise ValueError(f'Unknown optimizer {config.optimizer!r}; valid: {list(OPTIMIZERS)}')
+  optimizers.get_optimizer(config.optimizer)
   if not 0 <= config.momentum < 1:
     raise ValueError(f'momentum={config.momentum} must be in [0, 1)')
   if not 0 <= config.bn_momentum < 1:
@@ -143,6 +224,92 @@ def validate(config: Config):
   if not config.bn_epsilon > 0:
     raise ValueError(f'bn_epsilon={config.bn_epsilon} must be positive')
   batchnorm.get_implementation(config.bn_impl)
+  if config.bn_unbiased_running_var and config.bn_impl != 'ours':
+    raise ValueError(f'bn_unbiased_running_var=True needs bn_impl=\'ours\' (got '
+                     f'{config.bn_impl!r}: nnx.BatchNorm averages the biased variance)')
   if not 0 <= config.warmup_steps < config.steps:
     raise ValueError(f'warmup_steps={config.warmup_steps} must be in [0, '
                      f'steps={config.steps})')
+
+
+# The knobs of any dataclass declared with ``knob`` (Config, experiment settings,
+# launch options): their types, how to parse a flag value, which may vary.
+
+
+def is_tuple(kind) -> bool:
+  return typing.get_origin(kind) is tuple
+
+
+def _element_type(kind):
+  return typing.get_args(kind)[0] if is_tuple(kind) else kind
+
+
+def _is_optional(kind) -> bool:
+  return isinstance(kind, types.UnionType) and type(None) in typing.get_args(kind)
+
+
+_BOOLEANS = {'true': True, 'false': False, '1': True, '0': False}
+_KIND_WORDS = {str: 'a name', int: 'an integer', float: 'a number', bool: 'true or false'}
+
+
+def parse_value(field: dataclasses.Field, text: str) -> Any:
+  """One flag value of ``field`` from its text; raises ValueError saying what it must be.
+
+  Tuples take the elements one by one (see :func:`parse_values`); optional strings
+  read the empty text as None.
+  """
+  kind = _element_type(field.type)
+  if _is_optional(kind):
+    return text or None
+  try:
+    if kind is bool:
+      return _BOOLEANS[text.lower()]
+    return kind(text)
+  except (KeyError, ValueError):
+    raise ValueError(f'--{field.name}={text}: must be {_KIND_WORDS.get(kind, kind)}'
+                     ) from None
+
+
+def parse_values(field: dataclasses.Field, texts: Sequence[str]) -> list[Any]:
+  """The values of a comma-separated flag: a tuple field's one value, or a sweep axis
+  (each element one value of the field); raises ValueError on a bad or repeated one."""
+  if is_tuple(field.type):
+    try:
+      return [tuple(parse_value(field, text) for text in texts)]
+    except ValueError:
+      kind = _KIND_WORDS.get(_element_type(field.type), 'valid')
+      raise ValueError(f'--{field.name}={",".join(texts)}: every comma-separated value '
+                       f'must be {kind}') from None
+  values = [parse_value(field, text) for text in texts]
+  if not values:
+    raise ValueError(f'--{field.name} needs at least one value')
+  if len(values) > 1 and not field.metadata.get('sweep'):
+    raise ValueError(f'--{field.name}={",".join(texts)}: {field.name!r} takes one value '
+                     f'(it cannot be swept); sweepable: {sweepable_fields()}')
+  if len(set(values)) != len(values):
+    raise ValueError(f'--{field.name}={",".join(texts)} repeats a value')
+  return values
+
+
+def format_value(value: Any) -> str:
+  """A value as a flag writes it: booleans as true/false, tuples comma-separated."""
+  if isinstance(value, bool):
+    return str(value).lower()
+  if isinstance(value, (tuple, list)):
+    return ','.join(map(format_value, value))
+  return '' if value is None else str(value)
+
+
+def fields_of(cls) -> dict[str, dataclasses.Field]:
+  """The knobs of a dataclass, by name."""
+  return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def sweepable_fields() -> list[str]:
+  """The Config fields a sweep may vary, sorted."""
+  return sorted(f.name for f in dataclasses.fields(Config) if f.metadata['sweep'])
+
+
+def per_run_fields() -> tuple[str, ...]:
+  """The Config fields that are values, not constants, of the compiled train step."""
+  return tuple(f.name for f in dataclasses.fields(Config) if f.metadata['per_run'])

@@ -108,7 +108,10 @@ def _builder(name: str, data_dir):
   try:
     return tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:
-    raise ValueError(f'Unknown dataset {name!r}: {str(e).splitlines()[0]}') from None
+    raise ValueError(
+        f'Unknown dataset {name!r} ({str(e).splitlines()[0]}); valid: {BUILTIN}, '
+        f'{BUILTIN}/small, {IMAGE_FOLDER} (with --data_dir=FOLDER holding train/ and '
+        'test/), or a TFDS catalog dataset prepared under --data_dir') from None
 
 
 def _prepare(builder, name: str):
@@ -203,6 +206,11 @@ def load(name: str = BUILTIN, *, data_dir: str | None = None,
     from fundamentals import image_folder  # pylint: disable=g-import-not-at-top
     class_names, arrays = image_folder.load(data_dir, image_size=image_size)
   else:
+    if data_dir and not os.path.isdir(data_dir):
+      raise FileNotFoundError(
+          f'--data_dir={data_dir} is not a directory; create it (the built-in dataset is '
+          'prepared there on first use), or leave --data_dir unset for TFDS\'s default '
+          '($TFDS_DATA_DIR or ~/tensorflow_datasets)')
     class_names, arrays = _load_tfds(name, data_dir)
   if arrays['train_images'].ndim != 4:
     raise ValueError(f'{name} images have shape {arrays["train_images"].shape[1:]}; '

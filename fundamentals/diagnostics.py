@@ -29,12 +29,17 @@ from flax import nnx
 
 from fundamentals import activations
 from fundamentals import losses
+from fundamentals import models
 
 SAMPLE_SIZE = 4096
 """Values kept per tensor for histograms; larger tensors are subsampled."""
 
 UPDATE_RATIO_FLOOR = 1e-20
 """std(Δw)/std(w) is floored here before log10, so a zero update stays finite (−20)."""
+
+UPDATE_TO_DATA_TARGET = -3.0
+"""log10(std Δw / std w) ≈ −3: each step moves a weight by ~0.1% of its spread
+(Karpathy, 2022); the doctor's target and the figure's guide line."""
 
 
 def unit_health(activation_name: str) -> str | None:
@@ -47,24 +52,38 @@ def unit_health(activation_name: str) -> str | None:
   return f'{kind}_fraction' if kind else None
 
 
-def layer_statistics(preactivation: jax.Array, activation: jax.Array,
-                     activation_grad: jax.Array, *,
-                     activation_name: str) -> dict[str, jax.Array]:
-  """Statistics of one hidden layer over a batch ``[B, units]``.
+def layer_statistics(layer: dict[str, jax.Array], activation_grad: jax.Array | None = None,
+                     *, activation_name: str,
+                     threshold: float = activations.SATURATION_THRESHOLD
+                     ) -> dict[str, jax.Array]:
+  """The statistics of one hidden layer over a batch ``[B, units]``: the one
+  vocabulary every per-layer measurement uses (diagnostics, signal propagation).
 
-  Returns activation mean and std, pre-activation std, std of ∂L/∂activation
-  (L the batch-mean loss, so these scale as 1/B), and the saturated or dead fraction
-  when the activation has that notion (``activations.inactive_fraction``).
+  Args:
+    layer: the layer's taps (``models.MLP.forward``): ``preactivation`` z and
+      ``activation`` h.
+    activation_grad: ∂L/∂h, if measured (L the batch-mean loss, so it scales as 1/B).
+    activation_name: the activation, for its failure mode (:func:`unit_health`).
+    threshold: θ of saturation.
+
+  Returns:
+    ``activation_mean``, ``activation_std``, ``preactivation_mean``,
+    ``preactivation_std`` (pooled over examples and units), ``activation_grad_std``
+    when given the gradient, and ``saturated_fraction`` or ``dead_fraction`` where
+    the activation has that notion (``activations.inactive_fraction``).
   """
+  z, h = layer['preactivation'], layer['activation']
   stats = {
-      'activation_mean': jnp.mean(activation),
-      'activation_std': jnp.std(activation),
-      'preactivation_std': jnp.std(preactivation),
-      'activation_grad_std': jnp.std(activation_grad),
+      'activation_mean': jnp.mean(h),
+      'activation_std': jnp.std(h),
+      'preactivation_mean': jnp.mean(z),
+      'preactivation_std': jnp.std(z),
   }
+  if activation_grad is not None:
+    stats['activation_grad_std'] = jnp.std(activation_grad)
   health = unit_health(activation_name)
   if health:
-    stats[health] = activations.inactive_fraction(activation_name, preactivation)
+    stats[health] = activations.inactive_fraction(activation_name, z, threshold=threshold)
   return stats
 
 
@@ -110,45 +129,22 @@ def parameter_statistics(weight: jax.Array, grad: jax.Array,
   return stats
 
 
-def probed_forward(graph: nnx.GraphDef, params, batch_stats, x: jax.Array,
-                   probes) -> tuple[jax.Array, list[dict[str, jax.Array]]]:
-  """``model.forward(x)`` with ``probes[l]`` added to hidden layer l's activation.
-
-  With zero probes the output is unchanged and ∂L/∂probe_l = ∂L/∂a_l: the gradient
-  with respect to an intermediate activation, by differentiating an input
-  (the perturbation trick of Flax's ``Module.perturb``). Relies on
-  ``MLP.forward`` calling ``self.activation`` once per hidden layer, in order.
-  """
-  model = _merge(graph, params, batch_stats)
-  activation = model.activation
-  calls = []
-
-  def probed(z):
-    calls.append(z)
-    return activation(z) + (probes[len(calls) - 1] if len(calls) <= len(probes) else 0)
-
-  model.activation = probed
-  logits, layers = model.forward(x)
-  if len(calls) != len(probes) or len(layers) != len(probes):
-    raise ValueError(f'{len(probes)} probes for {len(layers)} hidden layers')
-  return logits, layers
-
-
 def activation_gradients(graph: nnx.GraphDef, params, batch_stats, x: jax.Array,
                          labels: jax.Array) -> tuple[list[dict[str, jax.Array]],
                                                      list[jax.Array]]:
-  """Hidden layers' pre-activations and activations, and ∂L/∂a_l for each layer.
+  """Hidden layers' taps (``models.MLP.forward``) and ∂L/∂h_l for each layer.
 
   L is the batch-mean softmax cross-entropy of ``x``; training mode as the graph says
-  (the BatchNorm statistics it would update are discarded).
+  (the BatchNorm statistics it would update are discarded). The gradients are those
+  of zero perturbations of each activation (``forward(x, perturb=...)``).
   """
   shapes = jax.eval_shape(
-      lambda p, b, x: _merge(graph, p, b).forward(x)[1], params, batch_stats, x)
+      lambda p, b, x: models.merge(graph, p, b).forward(x)[1], params, batch_stats, x)
   probes = [jnp.zeros(layer['activation'].shape, layer['activation'].dtype)
             for layer in shapes]
 
   def loss_of_probes(probes):
-    logits, layers = probed_forward(graph, params, batch_stats, x, probes)
+    logits, layers = models.merge(graph, params, batch_stats).forward(x, perturb=probes)
     return losses.softmax_cross_entropy(logits, labels), layers
 
   grads, layers = jax.grad(loss_of_probes, has_aux=True)(probes)
@@ -184,7 +180,7 @@ def measure(graph: nnx.GraphDef, params, batch_stats, x: jax.Array, labels: jax.
     'samples': {'activation': [...], 'activation_grad': [...], 'weight': {...},
     'weight_grad': {...}}}``; everything but ``samples`` is scalars.
   """
-  activation_name = _merge(graph, params, batch_stats).activation_name
+  activation_name = models.merge(graph, params, batch_stats).activation_name
   layers, layer_grads = activation_gradients(graph, params, batch_stats, x, labels)
   weights = weight_matrices(params)
   weight_grads = weight_matrices(grads)
@@ -192,8 +188,7 @@ def measure(graph: nnx.GraphDef, params, batch_stats, x: jax.Array, labels: jax.
   return {
       'grad_norm': optax.global_norm(grads),  # ‖g‖₂ = √Σ g_i² over every leaf
       'param_norm': optax.global_norm(params),
-      'layers': [layer_statistics(layer['preactivation'], layer['activation'], grad,
-                                  activation_name=activation_name)
+      'layers': [layer_statistics(layer, grad, activation_name=activation_name)
                  for layer, grad in zip(layers, layer_grads)],
       'params': {name: parameter_statistics(w, weight_grads[name], new_weights.get(name))
                  for name, w in weights.items()},
@@ -204,11 +199,6 @@ def measure(graph: nnx.GraphDef, params, batch_stats, x: jax.Array, labels: jax.
           'weight_grad': {name: sample(g) for name, g in weight_grads.items()},
       },
   }
-
-
-def _merge(graph: nnx.GraphDef, params, batch_stats) -> nnx.Module:
-  """A model in the current trace (fresh BatchStat variables it may update)."""
-  return nnx.merge(graph, params, jax.tree.map(lambda v: v, batch_stats))
 
 
 def to_host(diagnostics: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

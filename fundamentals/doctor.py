@@ -20,6 +20,7 @@ import statistics
 from typing import Any, Callable
 
 from fundamentals import activations
+from fundamentals import diagnostics
 from fundamentals import rundir
 from fundamentals.config import Config
 
@@ -35,7 +36,7 @@ SATURATION_LIMIT = 0.25
 """More than a quarter of a layer's activations saturated (|tanh z| > 0.97 and the like)."""
 DEAD_LIMIT = 0.10
 """More than a tenth of a layer's units dead (≤ 0 on a whole batch)."""
-UPDATE_RATIO_TARGET = -3.0
+UPDATE_RATIO_TARGET = diagnostics.UPDATE_TO_DATA_TARGET
 """log10(std Δw / std w) ≈ −3: each step moves a weight by ~0.1% of its spread."""
 UPDATE_RATIO_LOW = -3.7
 """Below ≈ 2e-4 (5× under the target) the layer learns needlessly slowly."""
@@ -82,7 +83,7 @@ def initial_loss(run: Run) -> list[Finding]:
   bug in the loss or data.
   """
   loss, expected = run.summary.get('initial_loss'), run.summary.get('expected_initial_loss')
-  if loss is None or expected is None or not _finite(loss):
+  if loss is None or expected is None or not rundir.finite(loss):
     return []
   ratio = loss / expected
   evidence = {'initial_loss': loss, 'expected_initial_loss': expected, 'ratio': ratio}
@@ -139,7 +140,7 @@ def _unit_health(run: Run, rule: str, key: str, limit: float, what: str,
     if not scalars:
       continue
     fractions = [layer.get(key) for layer in scalars['layers']]
-    bad = {f'layer{i}': f for i, f in enumerate(fractions) if _finite(f) and f > limit}
+    bad = {f'layer{i}': f for i, f in enumerate(fractions) if rundir.finite(f) and f > limit}
     if bad:
       parts.append(', '.join(f'{layer} {f:.0%}' for layer, f in bad.items()) + f' {where}')
       evidence[phase] = bad
@@ -163,7 +164,7 @@ def update_to_data(run: Run) -> list[Finding]:
   series: dict[str, list[float]] = {}
   for r in records:
     for name, stats in r['diagnostics']['params'].items():
-      if _finite(stats.get('update_to_data')):
+      if rundir.finite(stats.get('update_to_data')):
         series.setdefault(name, []).append(stats['update_to_data'])
   medians = {name: statistics.median(v) for name, v in series.items() if v}
   low = {n: m for n, m in medians.items() if m < UPDATE_RATIO_LOW}
@@ -209,7 +210,7 @@ def gradient_flow(run: Run) -> list[Finding]:
       continue
     first = scalars['layers'][0]['activation_grad_std']
     last = scalars['layers'][-1]['activation_grad_std']
-    if not (_finite(first) and _finite(last)) or last <= 0:
+    if not (rundir.finite(first) and rundir.finite(last)) or last <= 0:
       continue
     ratio = first / last
     if ratio > GRADIENT_RATIO_LIMIT or ratio < 1 / GRADIENT_RATIO_LIMIT:
@@ -235,7 +236,7 @@ def divergence(run: Run) -> list[Finding]:
   if run.summary.get('status') != 'diverged':
     return []
   step = run.summary.get('diverged_at_step')
-  finite = [r for r in run.records if _finite(r.get('train_loss'))]
+  finite = [r for r in run.records if rundir.finite(r.get('train_loss'))]
   evidence = {'diverged_at_step': step, 'lr': run.config.lr,
               'last_finite_loss': finite[-1]['train_loss'] if finite else None}
   return [finding(
@@ -255,10 +256,10 @@ def overfitting(run: Run) -> list[Finding]:
   """
   split = 'validation' if 'final_validation_loss' in run.summary else 'test'
   gaps = [(r['step'], r[f'{split}_loss'] - r['train_loss']) for r in run.records
-          if _finite(r.get(f'{split}_loss')) and _finite(r.get('train_loss'))]
+          if rundir.finite(r.get(f'{split}_loss')) and rundir.finite(r.get('train_loss'))]
   final_train = run.summary.get('final_train_loss')
   final_held_out = run.summary.get(f'final_{split}_loss')
-  if not (_finite(final_train) and _finite(final_held_out)):
+  if not (rundir.finite(final_train) and rundir.finite(final_held_out)):
     return []
   final_gap = final_held_out - final_train
   earlier = [gap for _, gap in gaps[:-1]] or [0.0]
@@ -269,7 +270,7 @@ def overfitting(run: Run) -> list[Finding]:
               'final_train_accuracy': run.summary.get('final_train_accuracy'),
               f'final_{split}_accuracy': run.summary.get(f'final_{split}_accuracy')}
   accuracy = ''
-  if _finite(evidence['final_train_accuracy']) and _finite(
+  if rundir.finite(evidence['final_train_accuracy']) and rundir.finite(
       evidence[f'final_{split}_accuracy']):
     accuracy = (f' (accuracy {evidence["final_train_accuracy"]:.0%} train vs '
                 f'{evidence[f"final_{split}_accuracy"]:.0%} {split})')
@@ -284,9 +285,9 @@ def overfitting(run: Run) -> list[Finding]:
 
 def loss_not_decreasing(run: Run) -> list[Finding]:
   """The training loss of the last record is not clearly below the initial loss."""
-  records = [r for r in run.records if _finite(r.get('train_loss'))]
+  records = [r for r in run.records if rundir.finite(r.get('train_loss'))]
   start = run.summary.get('initial_loss')
-  if len(records) < 2 or not _finite(start) or run.summary.get('status') == 'diverged':
+  if len(records) < 2 or not rundir.finite(start) or run.summary.get('status') == 'diverged':
     return []
   end = records[-1]['train_loss']
   if end < (1 - MIN_DECREASE) * start:
@@ -342,10 +343,6 @@ def examine_workdir(workdir: str | pathlib.Path) -> list[Finding]:
 def format_finding(f: Finding) -> str:
   """One finding as two lines: the message, then the suggested fix."""
   return f'[{f["severity"]}] {f["rule"]}: {f["message"]}\n    fix: {f["suggestion"]}'
-
-
-def _finite(value) -> bool:
-  return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def _list(values: dict[str, float]) -> str:

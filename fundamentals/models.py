@@ -3,6 +3,11 @@
 Each hidden layer is Dense → [BatchNorm] → activation. A Dense layer followed by
 BatchNorm has no bias: BN subtracts the batch mean, so a bias b would cancel
 (BN(Wx + b) = BN(Wx)) and BN's shift β plays its role.
+
+:meth:`MLP.forward` is the one walk through the layers: besides the logits it returns
+every hidden layer's intermediates (its *taps*), which diagnostics, signal
+propagation, population statistics and LSUV all read. :func:`create_model` is the
+one place a ``Config`` becomes an MLP.
 """
 
 from typing import Sequence
@@ -14,6 +19,10 @@ from flax import nnx
 from fundamentals import activations
 from fundamentals import batchnorm as batchnorm_lib
 from fundamentals import initializers
+
+Taps = dict[str, jax.Array]
+"""One hidden layer's intermediates: ``dense`` u = W·h + b (the BatchNorm input),
+``preactivation`` z (= BN(u), or u without BN) and ``activation`` h = φ(z)."""
 
 
 class MLP(nnx.Module):
@@ -29,7 +38,9 @@ class MLP(nnx.Module):
     bn_momentum: α of the running averages μ ← α·μ + (1−α)·μ_B (Flax's ``momentum``).
     bn_epsilon: ε added to the batch variance.
     bn_impl: ``'flax'`` (``nnx.BatchNorm``) or ``'ours'`` (``batchnorm.BatchNorm``,
-      the from-scratch layer); the two give identical results.
+      the from-scratch layer): the same but for how the batch variance is rounded
+      (``batchnorm`` module docstring).
+    bn_unbiased_running_var: PyTorch's running variance (``bn_impl='ours'`` only).
     output_init: initializer of the output kernel; ``'same'`` uses ``init`` with the
       gain of a linear layer.
     output_scale: factor on the output kernel at init. Small values (0.1, 0.01) give
@@ -41,6 +52,7 @@ class MLP(nnx.Module):
                activation: str = 'relu', init: str = 'kaiming',
                batchnorm: bool = True, bn_momentum: float = 0.9,
                bn_epsilon: float = 1e-5, bn_impl: str = 'flax',
+               bn_unbiased_running_var: bool = False,
                output_init: str = 'same',
                output_scale: float = 1.0, rngs: nnx.Rngs):
     if in_features < 1 or num_classes < 1 or any(w < 1 for w in hidden):
@@ -56,30 +68,73 @@ class MLP(nnx.Module):
         for n_in, n_out in zip(widths[:-1], widths[1:])
     ])
     bn_layer = batchnorm_lib.get_implementation(bn_impl)
+    bn_options = {'unbiased_running_var': True} if bn_unbiased_running_var else {}
     self.norms = nnx.List([
-        bn_layer(n, momentum=bn_momentum, epsilon=bn_epsilon, rngs=rngs)
+        bn_layer(n, momentum=bn_momentum, epsilon=bn_epsilon, rngs=rngs, **bn_options)
         for n in hidden
     ] if batchnorm else [])
     base_output_init = initializers.get_initializer(
-        init if output_init == 'same' else output_init)
+        init if output_init == 'same' else output_init, activation='identity')
     self.output = nnx.Linear(
         widths[-1], num_classes,
         kernel_init=lambda *a, **k: output_scale * base_output_init(*a, **k),
         rngs=rngs)
 
-  def forward(self, x: jax.Array) -> tuple[jax.Array, list[dict[str, jax.Array]]]:
-    """Returns logits and, per hidden layer, its pre-activation and activation."""
+  def forward(self, x: jax.Array, *, perturb: Sequence[jax.Array] | None = None
+              ) -> tuple[jax.Array, list[Taps]]:
+    """Returns the logits and every hidden layer's :data:`Taps`.
+
+    Args:
+      x: inputs ``[batch, in_features]``.
+      perturb: one array per hidden layer added to its activation h_l. At zero the
+        output is unchanged and ∂L/∂perturb_l = ∂L/∂h_l: the gradient with respect to
+        an intermediate, which ``jax.grad`` reaches through an input (the trick of
+        Flax's ``Module.perturb``).
+    """
+    if perturb is not None and len(perturb) != len(self.dense):
+      raise ValueError(f'{len(perturb)} probes for {len(self.dense)} hidden layers')
     layers = []
     for i, dense in enumerate(self.dense):
-      z = dense(x)
-      if self.norms:
-        z = self.norms[i](z)
+      u = dense(x)
+      z = self.norms[i](u) if self.norms else u
       x = self.activation(z)
-      layers.append({'preactivation': z, 'activation': x})
+      if perturb is not None:
+        x = x + perturb[i]
+      layers.append({'dense': u, 'preactivation': z, 'activation': x})
     return self.output(x), layers
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return self.forward(x)[0]
+
+
+def create_model(config, *, num_features: int, num_classes: int, key: jax.Array) -> MLP:
+  """The MLP a ``Config`` describes, initialized from ``key``.
+
+  A data-dependent init (LSUV, ``initializers.DATA_DEPENDENT``) is built with its
+  per-tensor starting point; ``train.apply_data_dependent_init`` then applies it.
+  """
+  return MLP(
+      num_features, config.hidden, num_classes,
+      activation=config.activation,
+      init=initializers.DATA_DEPENDENT.get(config.init, config.init),
+      batchnorm=config.batchnorm,
+      bn_momentum=config.bn_momentum, bn_epsilon=config.bn_epsilon,
+      bn_impl=config.bn_impl, bn_unbiased_running_var=config.bn_unbiased_running_var,
+      output_init=config.output_init, output_scale=config.output_scale,
+      rngs=nnx.Rngs(params=key))
+
+
+def merge(graph: nnx.GraphDef, params, batch_stats) -> MLP:
+  """The model in the current trace, with fresh BatchNorm variables (``tree.map``
+  makes new ones), so that training mode may update them inside ``jax.grad``."""
+  return nnx.merge(graph, params, jax.tree.map(lambda v: v, batch_stats))
+
+
+def apply(graph: nnx.GraphDef, params, batch_stats, x: jax.Array):
+  """Runs the model; returns logits and the (possibly updated) BatchNorm statistics."""
+  model = merge(graph, params, batch_stats)
+  logits = model(x)
+  return logits, nnx.state(model, nnx.BatchStat)
 
 
 def count_params(params) -> int:
@@ -94,4 +149,3 @@ def omitted_bias_count(model: MLP) -> int:
   model omits it; parameters with the redundant bias = ``count_params`` + this.
   """
   return sum(dense.out_features for dense in model.dense) if model.norms else 0
-

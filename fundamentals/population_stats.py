@@ -1,4 +1,5 @@
-"""Population statistics for BatchNorm at inference: exact, streaming, layer by layer.
+"""BatchNorm at inference: population statistics (exact, streaming, layer by layer),
+and what evaluating with a batch's own statistics does.
 
 A trained BN network must normalize each example without its batch. Two sources of
 statistics for evaluation mode:
@@ -25,11 +26,13 @@ E[x²] − E[x]² cancellation and no float32 accumulation over thousands of exa
 """
 
 import functools
+import time
 from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 
 from fundamentals import batchnorm
@@ -77,17 +80,12 @@ def combine(a: Moments | None, b: Moments) -> Moments:
 def bn_inputs(model: models.MLP, x: jax.Array) -> list[jax.Array]:
   """The input of every BatchNorm layer (the bias-free Dense output), in order.
 
-  Walks the MLP as ``MLP.forward`` does, in the mode the model is in (training mode
+  The ``dense`` taps of ``MLP.forward``, in the mode the model is in (training mode
   normalizes with batch statistics, evaluation mode with the stored ones).
   """
   if not model.norms:
     raise ValueError('the model has no BatchNorm layers (batchnorm=False)')
-  inputs = []
-  for dense, norm in zip(model.dense, model.norms):
-    h = dense(x)
-    inputs.append(h)
-    x = model.activation(norm(h))
-  return inputs
+  return [layer['dense'] for layer in model.forward(x)[1]]
 
 
 def read_statistics(batch_stats: nnx.State) -> list[batchnorm.Statistics]:
@@ -110,8 +108,8 @@ def with_statistics(batch_stats: nnx.State,
 @functools.partial(jax.jit, static_argnums=0)
 def _batch_moments(graph, params, batch_stats, images, mask, mean, std):
   """Per BN layer, the masked mean and M₂ of its input over one batch (float32)."""
-  model = nnx.merge(graph, params, jax.tree.map(lambda v: v, batch_stats))
-  inputs = bn_inputs(model, data_lib.normalize(images, mean, std))
+  inputs = bn_inputs(models.merge(graph, params, batch_stats),
+                     data_lib.normalize(images, mean, std))
   weights = mask[:, None]
   count = jnp.sum(mask)
   result = []
@@ -220,3 +218,93 @@ def relative_error(estimate: Sequence[batchnorm.Statistics],
     var_errors.append(np.abs(np.log(np.asarray(est.var, np.float64) / pop_var)))
   return {'mean_error': float(np.mean(np.concatenate(mean_errors))),
           'var_error': float(np.mean(np.concatenate(var_errors)))}
+
+
+def evaluate_with_batch_statistics(graphs, params: nnx.State, batch_stats: nnx.State,
+                                   images: np.ndarray, labels: np.ndarray, *, mean, std,
+                                   batch_size: int) -> dict[str, float]:
+  """Loss and accuracy in *training* mode: each batch normalized by its own statistics.
+
+  What a model does when ``model.eval()`` is forgotten: every prediction depends on
+  the other examples of its batch (and a batch of one maps every input to β).
+  """
+
+  @jax.jit
+  def sums(params, batch_stats, images, labels):
+    logits, _ = models.apply(graphs.train, params, batch_stats,
+                             data_lib.normalize(images, mean, std))
+    return (jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits, labels)),
+            jnp.sum(jnp.argmax(logits, -1) == labels))
+
+  totals = [sums(params, batch_stats, images[start:start + batch_size],
+                 labels[start:start + batch_size])
+            for start in range(0, len(labels), batch_size)]
+  loss_sum, correct = np.sum(jax.device_get(totals), axis=0)
+  return {'loss': float(loss_sum) / len(labels), 'accuracy': float(correct) / len(labels)}
+
+
+def single_example_gap(graphs, params: nnx.State, batch_stats: nnx.State,
+                       images: np.ndarray, *, mean, std, num_examples: int = 20) -> float:
+  """max |logits(example alone) − logits(example in a batch)| in evaluation mode:
+  0 up to rounding, since evaluation mode treats every example on its own."""
+  apply = jax.jit(models.apply, static_argnums=0)
+  x = data_lib.normalize(jnp.asarray(images[:max(num_examples, 500)]), mean, std)
+  batch, _ = apply(graphs.eval, params, batch_stats, x)
+  return max(float(jnp.max(jnp.abs(
+      apply(graphs.eval, params, batch_stats, x[i:i + 1])[0][0] - batch[i])))
+             for i in range(num_examples))
+
+
+def compare_inference_statistics(graphs, state, dataset: data_lib.Dataset, *,
+                                 batch_size: int, test_batch_sizes=(8, 1),
+                                 key: jax.Array | None = None,
+                                 running: str = 'running averages') -> dict:
+  """A trained BN model evaluated on the test set with every source of statistics.
+
+  Rows, each with ``statistics``, ``description``, ``test_accuracy``, ``test_loss``
+  and, for population statistics, how far the running averages are from them
+  (:func:`relative_error`): the running averages (described by ``running``);
+  population statistics layer by layer and in one pass (``upstream='batch'``, over
+  batches of ``batch_size`` drawn with ``key``); each test batch normalized by its
+  own statistics (training mode) at the whole test set, ``batch_size`` and
+  ``test_batch_sizes``. Also ``single_example_max_abs_diff`` (:func:`single_example_gap`).
+
+  Args:
+    graphs, state: ``train.Graphs`` and ``train.TrainState`` of the trained model.
+    dataset: its data; population statistics come from the training split.
+  """
+  from fundamentals import train  # pylint: disable=g-import-not-at-top  # Above this module.
+  params, stored = state.params, state.batch_stats
+  mean, std = dataset.mean, dataset.std
+  test = (dataset.test_images, dataset.test_labels)
+  eval_step = train.make_eval_step(graphs)
+  rows = []
+
+  def add(statistics, description, result, stats=None):
+    row = {'statistics': statistics, 'description': description,
+           'test_accuracy': result['accuracy'], 'test_loss': result['loss']}
+    if stats is not None:
+      row.update(relative_error(read_statistics(stored), read_statistics(stats)))
+    rows.append(row)
+
+  add('running averages', running, train.evaluate(eval_step, state, *test, mean, std))
+  for upstream, name, description in (
+      ('population', 'population, layer by layer',
+       'exact for the eval-mode network; upstream layers on population stats'),
+      ('batch', 'population, one pass',
+       'exact pooled moments; upstream layers in training mode')):
+    start = time.time()
+    stats = population_statistics(graphs, params, stored, dataset.train_images,
+                                  mean=mean, std=std, upstream=upstream,
+                                  batch_size=batch_size, key=key)
+    add(name, f'{description} ({time.time() - start:.1f}s)',
+        train.evaluate(eval_step, state._replace(batch_stats=stats), *test, mean, std),
+        stats)
+  num_test = len(dataset.test_labels)
+  for size in sorted({num_test, min(batch_size, num_test), *test_batch_sizes},
+                     reverse=True):
+    add(f'test batch, B = {size}', 'training mode: each batch its own statistics',
+        evaluate_with_batch_statistics(graphs, params, stored, *test, mean=mean, std=std,
+                                       batch_size=size))
+  return {'rows': rows, 'single_example_max_abs_diff': single_example_gap(
+      graphs, params, stored, dataset.test_images, mean=mean, std=std)}

@@ -1,11 +1,37 @@
-"""``report.md``: a run in one page — summary table, the doctor's findings, figures."""
+"""Reports in Markdown: a run in one page (summary table, the doctor's findings,
+figures), the tables of sweeps and experiments, and :func:`markdown_table`, the one
+table helper they all use."""
 
+import csv
+import io
 import math
 import pathlib
-from typing import Any
+import statistics
+from typing import Any, Sequence
 
 from fundamentals import doctor
-from fundamentals.config import Config
+from fundamentals.config import Config, format_value
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], *,
+                   align: str | None = None) -> str:
+  """A Markdown table: the header, a rule, one line per row (cells as ``str``).
+
+  Args:
+    header: the column titles.
+    rows: the cells, one sequence per row.
+    align: one letter per column, ``'l'`` (default) or ``'r'`` (numbers, ``---:``).
+  """
+  align = align or 'l' * len(header)
+  if len(align) != len(header):
+    raise ValueError(f'{align=} must have one letter per column of {list(header)}')
+  rule = ['---:' if a == 'r' else '---' for a in align]
+  lines = ['| ' + ' | '.join(map(str, header)) + ' |', '| ' + ' | '.join(rule) + ' |']
+  for row in rows:
+    if len(row) != len(header):
+      raise ValueError(f'row {list(row)} has {len(row)} cells for {len(header)} columns')
+    lines.append('| ' + ' | '.join(map(str, row)) + ' |')
+  return '\n'.join(lines)
 
 
 def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
@@ -58,8 +84,7 @@ def markdown(*, config: Config, summary: dict[str, Any], findings: list[dict[str
            f'init={config.init}, batchnorm={config.batchnorm}; SGD lr={config.lr:g} '
            f'momentum={config.momentum:g}, {config.schedule} schedule, '
            f'batch {config.batch_size}.', '',
-           '| quantity | value |', '| --- | --- |']
-  lines += [f'| {name} | {value} |' for name, value in summary_rows(summary)]
+           markdown_table(['quantity', 'value'], summary_rows(summary))]
   lines += ['', '## Doctor', '']
   if findings:
     for f in findings:
@@ -70,15 +95,13 @@ def markdown(*, config: Config, summary: dict[str, Any], findings: list[dict[str
   rows = layer_rows(diagnostics)
   if rows:
     health = 'saturated / dead fraction'
-    lines += ['', '## Layers (init → end)', '',
-              f'| layer | activation std | {health} | std ∂L/∂activation |',
-              '| --- | --- | --- | --- |']
-    lines += ['| ' + ' | '.join(row) + ' |' for row in rows]
+    lines += ['', '## Layers (init → end)', '', markdown_table(
+        ['layer', 'activation std', health, 'std ∂L/∂activation'], rows)]
   lines += ['', '## Figures', '']
   for name, caption in figures.items():
     lines += [f'### {caption}', '', f'![{caption}]({name})', '']
-  lines += ['## Configuration', '', '| key | value |', '| --- | --- |']
-  lines += [f'| {k} | `{v}` |' for k, v in config.to_dict().items()]
+  lines += ['## Configuration', '', markdown_table(
+      ['key', 'value'], [(k, f'`{v}`') for k, v in config.to_dict().items()])]
   return '\n'.join(lines) + '\n'
 
 
@@ -94,3 +117,78 @@ def _number(value: float, spec: str = '.4f') -> str:
 def _pair(first, second, spec: str) -> str:
   return (f'{format(first, spec)} → {format(second, spec)}' if second is not None
           else format(first, spec))
+
+
+# Sweeps: one row per member, and the mean ± std over seeds.
+
+METRICS = ('initial_loss', 'final_train_loss', 'final_train_accuracy',
+           'final_test_loss', 'final_test_accuracy', 'wall_time_s')
+"""The numbers of a run's summary that a sweep's results collect."""
+
+
+def aggregate(rows: list[dict[str, Any]], varied: list[str]) -> list[dict[str, Any]]:
+  """Groups members that differ only in seed: mean and std of each metric, n finished."""
+  keys = [k for k in varied if k != 'seed']
+  groups: dict[tuple, list[dict[str, Any]]] = {}
+  for row in rows:
+    groups.setdefault(tuple(row.get(k) for k in keys), []).append(row)
+  out = []
+  for values, members in groups.items():
+    finished = [m for m in members if m['status'] == 'completed']
+    entry = dict(zip(keys, values), n=len(finished), of=len(members),
+                 diverged=sum(m['status'] == 'diverged' for m in members))
+    for metric in METRICS:
+      xs = [m[metric] for m in finished if isinstance(m.get(metric), (int, float))
+            and math.isfinite(m[metric])]
+      entry[metric] = (statistics.fmean(xs) if xs else None,
+                       statistics.stdev(xs) if len(xs) > 1 else 0.0 if xs else None)
+    out.append(entry)
+  return out
+
+
+def mean_std(pair, fmt='{:.3f}') -> str:
+  """``mean ± std`` (just the mean when std is 0; '–' without a value)."""
+  mean, std = pair
+  if mean is None:
+    return '–'
+  return fmt.format(mean) + (f' ± {fmt.format(std)}' if std else '')
+
+
+def cell(row: dict[str, Any], key: str, fmt: str = '{:.3f}') -> str:
+  """``row[key]`` formatted, or '–' when it is not a number."""
+  value = row.get(key)
+  return fmt.format(value) if isinstance(value, (int, float)) else '–'
+
+
+def sweep_markdown(rows: list[dict[str, Any]], groups: list[dict[str, Any]],
+                   varied: list[str]) -> str:
+  """The body of a sweep's ``results.md``: a row per member, then mean ± std over
+  seeds."""
+  lines = [f'{len(rows)} members; varied: {", ".join(varied) or "nothing"}.',
+           '', '## Per member', '', markdown_table(
+               ['member', 'status', 'initial loss', 'train loss', 'train acc', 'test loss',
+                'test acc', 'wall s'],
+               [[r['member'], r['status'] + (f' @ {r["diverged_at_step"]}'
+                                             if r.get('diverged_at_step') else ''),
+                 cell(r, 'initial_loss'), cell(r, 'final_train_loss'),
+                 cell(r, 'final_train_accuracy', '{:.2%}'), cell(r, 'final_test_loss'),
+                 cell(r, 'final_test_accuracy', '{:.2%}'), cell(r, 'wall_time_s', '{:.1f}')]
+                for r in rows])]
+  if 'seed' in varied:
+    keys = [k for k in varied if k != 'seed']
+    lines += ['', '## Mean ± std over seeds', '', markdown_table(
+        [*keys, 'seeds', 'diverged', 'initial loss', 'test acc', 'test loss'],
+        [[*(format_value(g[k]) for k in keys), f'{g["n"]}/{g["of"]}', g['diverged'],
+          mean_std(g['initial_loss']), mean_std(g['final_test_accuracy'], '{:.2%}'),
+          mean_std(g['final_test_loss'])] for g in groups])]
+  return '\n'.join(lines) + '\n'
+
+
+def csv_text(rows: list[dict[str, Any]]) -> str:
+  """Rows as CSV, one column per key any row has (in order of appearance)."""
+  columns = list(dict.fromkeys(k for row in rows for k in row))
+  buffer = io.StringIO()
+  writer = csv.DictWriter(buffer, fieldnames=columns)
+  writer.writeheader()
+  writer.writerows(rows)
+  return buffer.getvalue()

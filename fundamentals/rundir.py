@@ -11,7 +11,10 @@ from typing import Any
 
 
 def _jsonable(value: Any) -> Any:
-  """JSON has no NaN/Infinity: non-finite floats become strings ('nan', 'inf')."""
+  """JSON has no NaN/Infinity: non-finite floats become strings ('nan', 'inf');
+  NumPy scalars become Python numbers and booleans."""
+  if hasattr(value, 'dtype') and hasattr(value, 'item') and getattr(value, 'ndim', 1) == 0:
+    value = value.item()
   if isinstance(value, float) and not math.isfinite(value):
     return str(value)
   if isinstance(value, dict):
@@ -21,8 +24,14 @@ def _jsonable(value: Any) -> Any:
   return value
 
 
-def create(path: str | os.PathLike, *, overwrite: bool = False) -> pathlib.Path:
-  """Creates the run directory; refuses to reuse one that holds a run unless told to."""
+def finite(value: Any) -> bool:
+  """Whether ``value`` is a finite number (records hold non-finite ones as strings)."""
+  return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def check_available(path: str | os.PathLike, *, overwrite: bool = False) -> pathlib.Path:
+  """Raises FileExistsError unless ``path`` may become a run directory: it is none
+  yet, or an empty or new folder, or holds a run that ``overwrite`` may replace."""
   path = pathlib.Path(path)
   if path.exists() and not path.is_dir():
     raise FileExistsError(f'--workdir={path} exists and is not a directory')
@@ -30,6 +39,12 @@ def create(path: str | os.PathLike, *, overwrite: bool = False) -> pathlib.Path:
     raise FileExistsError(
         f'--workdir={path} already holds a run; choose another --workdir '
         '(or pass --overwrite to replace it)')
+  return path
+
+
+def create(path: str | os.PathLike, *, overwrite: bool = False) -> pathlib.Path:
+  """Creates the run directory; refuses to reuse one that holds a run unless told to."""
+  path = check_available(path, overwrite=overwrite)
   path.mkdir(parents=True, exist_ok=True)
   if overwrite:
     (path / 'metrics.jsonl').unlink(missing_ok=True)
@@ -94,3 +109,11 @@ def read_jsonl(path: pathlib.Path) -> list[dict[str, Any]]:
       if i < len(lines) - 1 or line.endswith('\n'):
         raise
   return records
+
+
+def write_text(path: pathlib.Path, text: str):
+  """Writes ``text`` atomically (a temporary file renamed into place)."""
+  with tempfile.NamedTemporaryFile('w', dir=path.parent, suffix='.tmp',
+                                   delete=False) as f:
+    f.write(text)
+  os.replace(f.name, path)

@@ -6,6 +6,7 @@ batches over.
 """
 
 import contextlib
+import dataclasses
 import os
 import pathlib
 from typing import Callable, Iterator, TypeVar
@@ -16,6 +17,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from fundamentals import rundir
+from fundamentals.config import Knobs, knob
 
 T = TypeVar('T')
 
@@ -70,20 +72,53 @@ def initialize_distributed(*, coordinator_address: str = '', num_processes: int 
     jax.distributed.initialize()
 
 
-def configure(*, platform: str = '', compilation_cache: str = '',
-              distributed: bool = False, coordinator_address: str = '',
-              num_processes: int = 0, process_id: int = -1):
-  """Configures JAX before any computation: platform, compilation cache, hosts."""
-  if platform not in PLATFORMS:
-    raise ValueError(f'platform={platform!r} is not one of {list(PLATFORMS)} '
-                     "('' lets JAX choose)")
-  if platform:
-    jax.config.update('jax_platforms', platform)
-  if compilation_cache:
-    enable_compilation_cache(compilation_cache)
-  if distributed or coordinator_address or num_processes or process_id >= 0:
-    initialize_distributed(coordinator_address=coordinator_address,
-                           num_processes=num_processes, process_id=process_id)
+@dataclasses.dataclass(frozen=True)
+class Options(Knobs):
+  """Where a run's JAX computations happen: set once per process (:func:`configure`)."""
+  platform: str = knob('', 'JAX platform to run on; empty: JAX chooses (an accelerator '
+                       'when present, else CPU).', group='devices',
+                       choices=lambda: [repr(p) if not p else p for p in PLATFORMS])
+  compilation_cache: str = knob(
+      default_compilation_cache(), 'Directory of JAX\'s persistent compilation cache, '
+      'so that later runs load compiled steps instead of compiling them (same numbers); '
+      'empty turns it off.', group='devices')
+  distributed: bool = knob(False, 'Multi-host: call jax.distributed.initialize(), which '
+                           'detects the cluster (SLURM, Open MPI, TPU pods) from the '
+                           'environment.', group='devices')
+  coordinator_address: str = knob('', 'Multi-host without a detected cluster: host:port '
+                                  'of process 0 (with --num_processes and --process_id).',
+                                  group='devices')
+  num_processes: int = knob(0, 'Multi-host: number of processes (hosts).',
+                            group='devices')
+  process_id: int = knob(-1, 'Multi-host: index of this process, 0-based.',
+                         group='devices')
+
+  def validate(self):
+    if self.platform not in PLATFORMS:
+      raise ValueError(f'platform={self.platform!r} is not one of {list(PLATFORMS)} '
+                       "('' lets JAX choose)")
+    given = [bool(self.coordinator_address), self.num_processes > 0, self.process_id >= 0]
+    if any(given) and not all(given):
+      raise ValueError(
+          f'coordinator_address={self.coordinator_address!r}, num_processes='
+          f'{self.num_processes} and process_id={self.process_id} must be given together '
+          '(or none, to let JAX detect the cluster)')
+
+
+def configure(options: Options | None = None, **kwargs):
+  """Configures JAX before any computation: platform, compilation cache, hosts.
+
+  ``options`` or its fields as keyword arguments."""
+  options = options if options is not None else Options(**kwargs)
+  if options.platform:
+    jax.config.update('jax_platforms', options.platform)
+  if options.compilation_cache:
+    enable_compilation_cache(options.compilation_cache)
+  if (options.distributed or options.coordinator_address or options.num_processes
+      or options.process_id >= 0):
+    initialize_distributed(coordinator_address=options.coordinator_address,
+                           num_processes=options.num_processes,
+                           process_id=options.process_id)
 
 
 def data_mesh(batch_size: int) -> Mesh | None:

@@ -1,9 +1,10 @@
 """Signal propagation at initialization: measured layer by layer, and predicted.
 
-**Measured** (:func:`measure`): for an MLP and one batch, per hidden layer: the mean
-and std of the pre-activations z_l and activations h_l = φ(z_l) (pooled over examples
-and units), the inactive fraction (``activations.INACTIVE``: saturated elements or
-dead units), and the std of ∂L/∂h_l and of ∂L/∂W_l for the softmax cross-entropy L.
+**Measured** (:func:`measure`): for an MLP and one batch, per hidden layer, the
+statistics of ``diagnostics.layer_statistics`` (the mean and std of the
+pre-activations z_l and activations h_l = φ(z_l), pooled over examples and units; the
+saturated or dead fraction, ``activations.INACTIVE``; the std of ∂L/∂h_l) and the std
+of ∂L/∂W_l, for the softmax cross-entropy L.
 
 **Predicted** (:func:`predict`): the mean-field recursion for a wide, fully connected
 net at init (Poole et al., 2016; Schoenholz et al., 2017), per input example x:
@@ -38,6 +39,7 @@ from flax import nnx
 from scipy import special
 
 from fundamentals import activations
+from fundamentals import diagnostics
 from fundamentals import initializers
 from fundamentals import losses
 from fundamentals import models
@@ -52,9 +54,6 @@ _LEGENDRE_NODES, _LEGENDRE_WEIGHTS = np.polynomial.legendre.leggauss(16)
 _EDGES_IN_STD = np.arange(-12.0, 12.25, 0.5)
 _EDGES_IN_Z = np.arange(-20.0, 20.25, 0.5)
 
-MEASURED_KEYS = ('preactivation_mean', 'preactivation_std', 'activation_mean',
-                 'activation_std', 'inactive_fraction', 'activation_grad_std',
-                 'kernel_grad_std')
 
 
 def _variances(q) -> np.ndarray:
@@ -169,9 +168,9 @@ def predict(activation: str, *, weight_variances: Sequence[float],
   Returns:
     Per hidden layer: ``sigma_w2`` = N_{l−1}·Var(W_l), ``q`` (mean over examples),
     ``preactivation_std``, ``activation_mean``, ``activation_std`` (pooled over
-    examples and units), ``inactive_fraction`` (saturating activations; NaN
-    otherwise), ``chi`` and ``activation_grad_std`` (NaN without an anchor or with
-    BatchNorm).
+    examples and units), ``saturated_fraction`` (saturating activations only: the
+    dead fraction has no mean-field prediction), ``chi`` and ``activation_grad_std``
+    (NaN without an anchor or with BatchNorm).
   """
   phi = activations.get_activation(activation)
   d_phi = activations.get_derivative(activation)
@@ -186,18 +185,19 @@ def predict(activation: str, *, weight_variances: Sequence[float],
          else sigma_w2 * second_moment + bias_variance)
     mean = float(np.mean(gaussian_expectation(phi, q)))
     second_moment = gaussian_expectation(lambda z: phi(z) ** 2, q)
-    saturating = activations.INACTIVE[activation] == 'saturated'
-    layers.append({
+    layer = {
         'sigma_w2': sigma_w2,
         'q': float(np.mean(q)),
         'preactivation_std': math.sqrt(float(np.mean(q))),
         'activation_mean': mean,
         'activation_std': math.sqrt(max(float(np.mean(second_moment)) - mean ** 2, 0.0)),
-        'inactive_fraction': (float(np.mean(saturated_probability(
-            activation, q, threshold=threshold))) if saturating else math.nan),
         'chi': widths[l] * variance * float(np.mean(
             gaussian_expectation(lambda z: d_phi(z) ** 2, q))),
-    })
+    }
+    if activations.INACTIVE[activation] == 'saturated':
+      layer['saturated_fraction'] = float(np.mean(saturated_probability(
+          activation, q, threshold=threshold)))
+    layers.append(layer)
   return anchor_gradients(layers, last_activation_grad_std, batchnorm=batchnorm)
 
 
@@ -234,24 +234,6 @@ def model_weight_variances(model: models.MLP, init: str | None = None) -> list[f
           for d in model.dense]
 
 
-def forward_with_probes(model: models.MLP, x: jax.Array, probes: Sequence[jax.Array]
-                        ) -> tuple[jax.Array, list[dict[str, jax.Array]]]:
-  """``MLP.forward`` with ``probes[l]`` added to layer l's activation.
-
-  At probes = 0 the output is unchanged and ∂L/∂probes[l] = ∂L/∂h_l: the gradient
-  with respect to an intermediate activation, which ``jax.grad`` cannot otherwise
-  reach. (Tested to equal ``MLP.forward``.)
-  """
-  layers = []
-  for i, dense in enumerate(model.dense):
-    z = dense(x)
-    if model.norms:
-      z = model.norms[i](z)
-    x = model.activation(z) + probes[i]
-    layers.append({'preactivation': z, 'activation': x})
-  return model.output(x), layers
-
-
 @functools.partial(jax.jit, static_argnums=(0,), static_argnames=('threshold',))
 def _statistics(graph, params, rest, x, labels, *, threshold):
   model = nnx.merge(graph, params, rest)
@@ -259,27 +241,18 @@ def _statistics(graph, params, rest, x, labels, *, threshold):
 
   def loss_fn(params, probes):
     # BatchNorm updates its running averages in training mode: fresh variables
-    # (tree.map) keep that update inside this trace.
-    model = nnx.merge(graph, params, jax.tree.map(lambda v: v, rest))
-    logits, layers = forward_with_probes(model, x, probes)
+    # (models.merge) keep that update inside this trace.
+    logits, layers = models.merge(graph, params, rest).forward(x, perturb=probes)
     return losses.softmax_cross_entropy(logits, labels), layers
 
   (loss, layers), (param_grads, probe_grads) = jax.value_and_grad(
       loss_fn, argnums=(0, 1), has_aux=True)(params, probes)
   grads = nnx.merge(graph, param_grads, rest)
-  rows = []
-  for layer, dense_grad, probe_grad in zip(layers, grads.dense, probe_grads):
-    z, h = layer['preactivation'], layer['activation']
-    rows.append({
-        'preactivation_mean': jnp.mean(z),
-        'preactivation_std': jnp.std(z),
-        'activation_mean': jnp.mean(h),
-        'activation_std': jnp.std(h),
-        'inactive_fraction': activations.inactive_fraction(
-            model.activation_name, z, threshold=threshold),
-        'activation_grad_std': jnp.std(probe_grad),
-        'kernel_grad_std': jnp.std(dense_grad.kernel[...]),
-    })
+  rows = [{**diagnostics.layer_statistics(layer, probe_grad,
+                                          activation_name=model.activation_name,
+                                          threshold=threshold),
+           'kernel_grad_std': jnp.std(dense_grad.kernel[...])}
+          for layer, dense_grad, probe_grad in zip(layers, grads.dense, probe_grads)]
   return loss, rows
 
 
@@ -295,8 +268,8 @@ def measure(model: models.MLP, x: jax.Array, labels: jax.Array, *,
     threshold: θ of saturation.
 
   Returns:
-    Per hidden layer, floats for each of ``MEASURED_KEYS``; the loss is in every
-    row as ``loss``.
+    Per hidden layer, the floats of ``diagnostics.layer_statistics`` and
+    ``kernel_grad_std``; the loss is in every row as ``loss``.
   """
   graph, params, rest = nnx.split(model, nnx.Param, ...)
   loss, rows = jax.device_get(_statistics(graph, params, rest, jnp.asarray(x),

@@ -8,6 +8,8 @@ import pytest
 from fundamentals import augment
 from fundamentals import data
 from fundamentals import losses
+from fundamentals import models
+from fundamentals import optimizers
 from fundamentals import train
 from fundamentals.config import Config
 
@@ -99,8 +101,9 @@ def test_augmentation_reaches_training_batches_only(tmp_path, small_dataset):
   blank = lambda key, images: jnp.zeros_like(images)
   config = Config(dataset='synthetic_fruits/small', hidden=(16,), batch_size=50,
                   steps=10, output_scale=0.0, lr=0.1, workdir=str(tmp_path / 'x'))
-  model = train.create_model(config, small_dataset, jax.random.key(0))
-  tx, _ = train.create_optimizer(config)
+  model = models.create_model(config, num_features=small_dataset.num_features,
+                              num_classes=small_dataset.num_classes, key=jax.random.key(0))
+  tx, _ = optimizers.create(config)
   graphs, state = train.split_model(model, tx, augment_key=jax.random.key(1))
   step = train.make_train_step(graphs, tx, batch_size=50, augment=blank)
   images = jnp.asarray(small_dataset.train_images)
@@ -111,7 +114,7 @@ def test_augmentation_reaches_training_batches_only(tmp_path, small_dataset):
     assert float(metrics['loss']) == pytest.approx(np.log(30), abs=0.05)
   result = train.evaluate(train.make_eval_step(graphs), state, small_dataset.test_images,
                           small_dataset.test_labels, mean, std)
-  logits, _ = train.apply_model(graphs.eval, state.params, state.batch_stats,
+  logits, _ = models.apply(graphs.eval, state.params, state.batch_stats,
                                 data.normalize(jnp.asarray(small_dataset.test_images), mean, std))
   expected = losses.softmax_cross_entropy(logits, jnp.asarray(small_dataset.test_labels))
   assert result['loss'] == pytest.approx(float(expected), rel=1e-5)

@@ -9,8 +9,11 @@ from flax import nnx
 
 from fundamentals import activations
 from fundamentals import backprop
+from fundamentals import batchnorm
+from fundamentals import gradient_check
 from fundamentals import models
 from fundamentals import rundir
+from fundamentals import runner
 from fundamentals import train
 from fundamentals.config import Config
 from experiments import backprop as backprop_experiment
@@ -34,7 +37,7 @@ def make_batch(size=8):
 def test_hand_matches_autodiff_float64_and_float32(activation, batchnorm):
   model = make_model(activation, batchnorm)
   x, y = make_batch()
-  rows64 = backprop.compare_with_autodiff(model, x, y, dtype=jnp.float64)
+  rows64 = gradient_check.compare_with_autodiff(model, x, y, dtype=jnp.float64)
   kinds = {row.name: row.kind for row in rows64}
   num_params = len(jax.tree.leaves(nnx.state(model, nnx.Param)))
   assert sum(kind == 'parameter' for kind in kinds.values()) == num_params
@@ -43,20 +46,20 @@ def test_hand_matches_autodiff_float64_and_float32(activation, batchnorm):
   for row in rows64:
     assert row.max_abs_diff < 1e-10, row
     assert row.verdict in ('exact', 'approx'), row
-  for row in backprop.compare_with_autodiff(model, x, y, dtype=jnp.float32):
+  for row in gradient_check.compare_with_autodiff(model, x, y, dtype=jnp.float32):
     assert row.verdict in ('exact', 'approx'), row  # approx: relative diff ≤ 1e-5.
 
 
 def test_our_batchnorm_layer_gets_the_same_hand_gradients():
   model = make_model('tanh', True, bn_impl='ours', bn_momentum=0.8)
   x, y = make_batch()
-  for row in backprop.compare_with_autodiff(model, x, y, dtype=jnp.float64):
+  for row in gradient_check.compare_with_autodiff(model, x, y, dtype=jnp.float64):
     assert row.max_abs_diff < 1e-10, row
 
 
 @pytest.mark.parametrize('activation, batchnorm', [('relu', True), ('tanh', False)])
 def test_hand_gradients_match_central_finite_differences(activation, batchnorm):
-  rows = backprop.compare_with_finite_differences(make_model(activation, batchnorm),
+  rows = gradient_check.compare_with_finite_differences(make_model(activation, batchnorm),
                                                   *make_batch())
   for row in rows:
     assert row.verdict == 'approx' and row.max_abs_diff < 1e-8, row
@@ -67,13 +70,13 @@ def test_hand_gradients_match_central_finite_differences(activation, batchnorm):
 def test_finite_differences_of_a_quadratic():
   params = {'a': jnp.arange(6.0).reshape(2, 3), 'b': jnp.array([0.5, -2.0])}
   loss = lambda p, w: jnp.sum(w * p['a'] ** 2) + jnp.sum(p['b'] ** 3)
-  estimates = backprop.finite_differences(loss, params, 3.0, max_per_leaf=4)
+  estimates = gradient_check.finite_differences(loss, params, 3.0, max_per_leaf=4)
   indices, values = estimates['a']
   assert len(indices) == 4
   np.testing.assert_allclose(values, 6.0 * np.arange(6.0)[indices], atol=1e-8)
   np.testing.assert_allclose(estimates['b'][1], [0.75, 12.0], atol=1e-8)
   with pytest.raises(ValueError, match='step=0'):
-    backprop.finite_differences(loss, params, 3.0, step=0)
+    gradient_check.finite_differences(loss, params, 3.0, step=0)
 
 
 def test_batchnorm_backward_matches_vjp_of_its_forward():
@@ -116,16 +119,16 @@ def test_dense_and_cross_entropy_backward_match_jax_grad():
 
 def test_comparison_verdicts():
   a = np.linspace(-1, 1, 5)
-  rows = backprop.compare(
+  rows = gradient_check.compare(
       {'same': a, 'close': a * (1 + 1e-13), 'off': a + 1e-3, 'both_zero': a * 1e-17},
       {'same': a, 'close': a, 'off': a, 'both_zero': a * 2e-17}, kind='test')
   assert {r.name: r.verdict for r in rows} == {
       'same': 'exact', 'close': 'approx', 'off': 'WRONG', 'both_zero': 'approx'}
   off = next(r for r in rows if r.name == 'off')
   assert off.max_abs_diff == pytest.approx(1e-3) and off.relative_diff == pytest.approx(1e-3)
-  assert '| off | test | 5 | 1.00e-03 |' in backprop.format_table(rows)
+  assert '| off | test | 5 | 1.00e-03 |' in gradient_check.format_table(rows)
   with pytest.raises(ValueError, match='shape'):
-    backprop.compare({'a': a}, {'a': a[:2]}, kind='test')
+    gradient_check.compare({'a': a}, {'a': a[:2]}, kind='test')
 
 
 def test_a_naive_batchnorm_backward_is_reported_wrong(monkeypatch):
@@ -145,7 +148,7 @@ def test_a_naive_batchnorm_backward_is_reported_wrong(monkeypatch):
 
     monkeypatch.setattr(backprop, 'batchnorm_backward', naive)
     _, grads, _ = backprop.loss_and_grads(params, x, y, activation='tanh')
-    verdicts = {r.name: r.verdict for r in backprop.compare(grads, reference,
+    verdicts = {r.name: r.verdict for r in gradient_check.compare(grads, reference,
                                                             kind='parameter')}
   assert verdicts['dense/0/kernel'] == 'WRONG' and verdicts['norms/0/scale'] == 'WRONG'
   assert verdicts['output/kernel'] != 'WRONG' and verdicts['norms/1/scale'] != 'WRONG'
@@ -170,7 +173,7 @@ def test_value_and_grad_by_hand_returns_states_like_jax_grad():
 
 
 def _flax_loss(params, graph, stats, x, y):
-  logits, new_stats = train.apply_model(graph, params, stats, x)
+  logits, new_stats = models.apply(graph, params, stats, x)
   return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), (
       logits, new_stats)
 
@@ -181,17 +184,19 @@ def test_manual_sgd_is_p_minus_lr_g_and_heavy_ball_matches_optax():
            for k in (1.0, 2.0, 3.0)]
   schedule = optax.cosine_decay_schedule(0.1, decay_steps=3)
   plain = backprop.ManualSGD(schedule)
-  updated, velocity = plain.step(params, grads[0], plain.init(params), jnp.int32(0))
-  assert velocity == ()
+  updates, state = plain.update(grads[0], plain.init(params), params)
+  updated = optax.apply_updates(params, updates)
+  assert state.velocity == () and int(state.count) == 1
   np.testing.assert_array_equal(updated['w'], params['w'] - 0.1 * grads[0]['w'])
 
   tx, manual = optax.sgd(schedule, momentum=0.9), backprop.ManualSGD(schedule, 0.9)
   p_optax, p_manual = params, params
-  opt_state, velocity = tx.init(params), manual.init(params)
-  for step, g in enumerate(grads):
+  opt_state, manual_state = tx.init(params), manual.init(params)
+  for g in grads:  # optax's protocol: the step count lives in the state.
     updates, opt_state = tx.update(g, opt_state, p_optax)
     p_optax = optax.apply_updates(p_optax, updates)
-    p_manual, velocity = manual.step(p_manual, g, velocity, jnp.int32(step))
+    updates, manual_state = manual.update(g, manual_state, p_manual)
+    p_manual = optax.apply_updates(p_manual, updates)
   for a, b in zip(jax.tree.leaves(p_manual), jax.tree.leaves(p_optax)):
     np.testing.assert_array_equal(a, b)
   with pytest.raises(ValueError, match='momentum=1.0'):
@@ -242,15 +247,36 @@ def test_experiment_writes_the_comparison_table(tmp_path, data_dir, capsys):
   config = Config(experiment='backprop', dataset='synthetic_fruits/small',
                   data_dir=data_dir, hidden=(8,), batch_size=20, steps=4,
                   workdir=str(tmp_path / 'bp'))
-  summary = backprop_experiment.run(config)
+  results = runner.run(backprop_experiment.EXPERIMENT, config)
   report = (tmp_path / 'bp' / 'report.md').read_text()
   assert '| dense/0/kernel | parameter | 12288×8 |' in report
   assert '| layers/0/dense | intermediate | 20×8 |' in report
-  assert 'WRONG' not in report.split('## Manual SGD')[0].replace('*WRONG*', '')
-  assert summary['float64']['max_abs_diff'] < 1e-10 and not summary['float64']['wrong']
-  trajectory = summary['trajectory']
+  assert 'WRONG' not in report.split('## Manual SGD')[0].replace('*WRONG*', '').replace(
+      'no WRONG row', '')
+  summary = results['values']
+  assert summary['float64']['max_abs_diff'] < 1e-10 and results['passed']
+  assert [c['passed'] for c in results['checks']] == [True, True]
+  trajectory = {m['name'].split('_')[1]: m['output'] for m in results['members']
+                if m['name'].startswith('trajectory_')}
   assert trajectory['float32']['steps'] == 4
   assert trajectory['float32']['max_abs_loss_diff'] < 1e-5
   assert trajectory['float64']['max_abs_loss_diff'] < 1e-12
   assert trajectory['float64']['final_max_abs_state_diff'] < 1e-12
   assert '| quantity | kind |' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('dtype', [np.float32, np.float64])
+@pytest.mark.parametrize('offset', [0.0, 1000.0])
+def test_hand_batchnorm_uses_the_two_pass_variance_of_batchnorm_py(dtype, offset):
+  """The hand forward pass normalizes as batchnorm.py does (two passes), so it keeps
+  the variance where E[u²] − E[u]² loses it: |μ|/σ = 1000 in float32."""
+  with jax.enable_x64(dtype == np.float64):
+    u = jnp.asarray(np.random.default_rng(0).normal(offset, 1.0, (64, 5)), dtype)
+    scale, bias = jnp.full(5, 1.5, dtype), jnp.full(5, -0.5, dtype)
+    z, cache = backprop.batchnorm_forward(u, scale, bias, epsilon=1e-5)
+    reference, _ = batchnorm.batch_norm_train(
+        u, scale=scale, bias=bias, running=batchnorm.Statistics(
+            jnp.zeros(5, dtype), jnp.ones(5, dtype)))
+    np.testing.assert_allclose(z, reference, rtol=0, atol=4 * np.finfo(dtype).eps * 10)
+    exact = np.var(np.asarray(u, np.float64), axis=0)
+    np.testing.assert_allclose(cache['var'], exact, rtol=1e-5 if dtype == np.float32 else 1e-12)

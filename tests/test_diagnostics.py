@@ -7,6 +7,7 @@ from flax import nnx
 
 from fundamentals import activations
 from fundamentals import diagnostics
+from fundamentals import losses
 from fundamentals import models
 from fundamentals import train
 
@@ -62,10 +63,8 @@ def test_activation_gradients_match_numpy_backprop():
 
 def test_probes_must_match_the_hidden_layers():
   model = mlp()
-  graph, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
   with pytest.raises(ValueError, match='1 probes for 2 hidden layers'):
-    diagnostics.probed_forward(graph, params, batch_stats, batch()[0],
-                               [jnp.zeros((B, HIDDEN[0]))])
+    model.forward(batch()[0], perturb=[jnp.zeros((B, HIDDEN[0]))])
 
 
 @pytest.mark.parametrize('name', sorted(activations.ACTIVATIONS))
@@ -74,11 +73,13 @@ def test_layer_statistics_match_numpy(name):
   z[:, 3] = -np.abs(z[:, 3])  # one unit that is ≤ 0 on the whole batch
   a = np.asarray(activations.get_activation(name)(z))
   g = np.random.default_rng(1).normal(0, 1e-3, z.shape).astype(np.float32)
-  stats = diagnostics.layer_statistics(jnp.asarray(z), jnp.asarray(a), jnp.asarray(g),
-                                       activation_name=name)
+  stats = diagnostics.layer_statistics(
+      {'preactivation': jnp.asarray(z), 'activation': jnp.asarray(a)}, jnp.asarray(g),
+      activation_name=name)
   assert stats['activation_mean'] == pytest.approx(a.mean(), rel=1e-4, abs=1e-6)
   assert stats['activation_std'] == pytest.approx(a.std(), rel=1e-4)
   assert stats['preactivation_std'] == pytest.approx(z.std(), rel=1e-4)
+  assert stats['preactivation_mean'] == pytest.approx(z.mean(), rel=1e-4, abs=1e-6)
   assert stats['activation_grad_std'] == pytest.approx(g.std(), rel=1e-4)
   kind = activations.INACTIVE[name]
   if kind == 'saturated':  # |u| > 0.97 with the range mapped to u ∈ [−1, 1]
@@ -94,7 +95,8 @@ def test_layer_statistics_match_numpy(name):
 
 def test_tanh_saturation_is_the_fraction_beyond_0_97():
   z = jnp.array([[0.0, 1.0, 2.0, 2.2, -3.0, 10.0]])
-  stats = diagnostics.layer_statistics(z, jnp.tanh(z), z, activation_name='tanh')
+  stats = diagnostics.layer_statistics({'preactivation': z, 'activation': jnp.tanh(z)}, z,
+                                       activation_name='tanh')
   assert stats['saturated_fraction'] == pytest.approx(3 / 6)  # tanh 2.2 = 0.976
 
 
@@ -167,3 +169,31 @@ def test_is_finite_checks_the_global_norms():
   assert diagnostics.is_finite(scalars)
   assert not diagnostics.is_finite({**scalars, 'grad_norm': float('nan')})
   assert not diagnostics.is_finite({**scalars, 'param_norm': float('inf')})
+
+
+@pytest.mark.parametrize('activation, batchnorm', [('tanh', False), ('relu', True)])
+def test_taps_equal_the_values_of_the_former_monkeypatched_probes(activation, batchnorm):
+  """Before the MLP exposed its taps, diagnostics swapped ``model.activation`` for a
+  probing wrapper; the perturbed forward pass must measure exactly the same."""
+  model = mlp(activation=activation, batchnorm=batchnorm)
+  model.train()
+  graph, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+  x, y = batch()
+
+  def former(probes):  # The monkeypatch, as diagnostics.probed_forward did it.
+    m = nnx.merge(graph, params, jax.tree.map(lambda v: v, batch_stats))
+    phi, calls = m.activation, []
+    def probed(z):
+      calls.append(z)
+      return phi(z) + probes[len(calls) - 1]
+    m.activation = probed
+    logits, layers = m.forward(x)
+    return losses.softmax_cross_entropy(logits, y), layers
+
+  zeros = [jnp.zeros((B, w)) for w in HIDDEN]
+  expected_grads, expected_layers = jax.grad(former, has_aux=True)(zeros)
+  layers, grads = diagnostics.activation_gradients(graph, params, batch_stats, x, y)
+  for tap, old, grad, old_grad in zip(layers, expected_layers, grads, expected_grads):
+    np.testing.assert_array_equal(tap['preactivation'], old['preactivation'])
+    np.testing.assert_array_equal(tap['activation'], old['activation'])
+    np.testing.assert_array_equal(grad, old_grad)

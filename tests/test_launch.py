@@ -50,24 +50,78 @@ def test_few_step_run_writes_files_and_learns(tmp_path, data_dir):
     ('--init=kaimin', 'kaiming_normal'),
     ('--activation=sigmoidd', 'relu'),
     ('--schedule=linear', 'cosine'),
-    ('--hidden=512,x', '--hidden=512,x must be comma-separated positive integers'),
-    ('--experiment=nope', "unknown experiment 'nope'; valid: list, "),
+    ('--hidden=512,x', '--hidden=512,x: every comma-separated value must be an integer'),
+    ('--hidden=0', 'hidden=(0,) must be one or more positive widths'),
+    ('--experiment=nope', "Unknown experiment 'nope'; valid: list, "),
     ('--lr=-1', 'lr=-1.0 must be a positive'),
+    ('--lr=fast', '--lr=fast: must be a number'),
     ('--steps=0', 'steps=0 must be positive'),
-    ('--platform=gpu', 'flag --platform=gpu: value should be one of <|cpu|cuda|rocm|tpu>'),
+    ('--steps=1.5', '--steps=1.5: must be an integer'),
+    ('--batchnorm=maybe', '--batchnorm=maybe: must be true or false'),
+    ('--platform=gpu', "platform='gpu' is not one of ['', 'cpu', 'cuda', 'rocm', 'tpu']"),
     ('--process_id=1', "coordinator_address='', num_processes=0 and process_id=1 must be "
                        'given together'),
+    ('--sweep_shard=3/2', "--sweep_shard='3/2' needs 0 <= k < n"),
+    ('--hidden=8,8 --hidden=4 --bogus', "Unknown command line flag 'bogus'"),
+    ('--vectorize=perhaps', "Non-boolean argument to boolean flag"),
+    ('--experiment=signal_propagation --sp_depth=0', 'sp_depth=0 must be positive'),
+    ('--sp_depth=3', '--sp_depth apply to --experiment=signal_propagation only'),
+    ('--experiment=batchnorm --batchnorm_lrs=0.5', 'batchnorm_histogram_lr=0.1 must be one of'),
+    ('--experiment=batchnorm --seed=0,1', "--experiment=batchnorm takes single values, but "
+                                          "['seed'] have several"),
+    ('--bn_unbiased_running_var', "needs bn_impl='ours'"),
 ])
 def test_bad_flags_exit_nonzero_with_a_message_before_any_work(flag, message, tmp_path):
-  result = launch(flag, f'--workdir={tmp_path / "never"}', '--data_dir=/nonexistent')
-  assert result.returncode != 0
+  result = launch(*flag.split(), f'--workdir={tmp_path / "never"}', '--data_dir=/nonexistent')
+  assert result.returncode == 2, result.stderr
   assert message in result.stderr
+  assert len(result.stderr.strip().splitlines()) == 1, result.stderr  # One line.
+  assert 'Traceback' not in result.stderr
   assert not (tmp_path / 'never').exists()
+
+
+@pytest.mark.parametrize('make_args, message', [
+    (lambda tmp, data: ['--dataset=fruits30'], "Unknown dataset 'fruits30'"),
+    (lambda tmp, data: ['--data_dir=/nonexistent'], '--data_dir=/nonexistent is not a '
+                                                    'directory'),
+    (lambda tmp, data: ['--dataset=image_folder', f'--data_dir={tmp / "none"}'],
+     'does not exist'),
+    (lambda tmp, data: [f'--dataset={SMALL}', f'--data_dir={data}', '--batch_size=1000'],
+     'batch_size=1000 exceeds the 600 training examples'),
+    (lambda tmp, data: [f'--dataset={SMALL}', f'--data_dir={data}', '--batch_size=1000',
+                        '--experiment=augmentation'], 'batch_size=1000 exceeds'),
+    (lambda tmp, data: ['--resume'], 'holds no run to go on with'),
+    (lambda tmp, data: ['--summarize'], 'holds no sweep or experiment'),
+])
+def test_data_and_workdir_errors_are_one_line_and_write_nothing(make_args, message,
+                                                                  tmp_path, data_dir):
+  result = launch(*make_args(tmp_path, data_dir), f'--workdir={tmp_path / "never"}')
+  assert result.returncode == 2, result.stderr
+  assert message in result.stderr and 'Traceback' not in result.stderr
+  assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+  assert not (tmp_path / 'never').exists()
+
+
+def test_an_occupied_workdir_is_refused_in_one_line_and_left_as_it_was(tmp_path, data_dir):
+  occupied = tmp_path / 'occupied'
+  occupied.mkdir()
+  (occupied / 'config.json').write_text('{}')
+  for extra in ([], ['--init=xavier,kaiming'], ['--experiment=augmentation']):
+    result = launch(f'--dataset={SMALL}', f'--data_dir={data_dir}', *extra,
+                    f'--workdir={occupied}')
+    assert result.returncode == 2 and 'already holds a run' in result.stderr, result.stderr
+    assert sorted(p.name for p in occupied.iterdir()) == ['config.json']
+  (tmp_path / 'file').write_text('x')
+  result = launch(f'--workdir={tmp_path / "file"}')
+  assert result.returncode == 2 and 'is not a directory' in result.stderr
 
 
 def test_helpfull_documents_every_flag():
   result = launch('--helpfull')  # absl's help exits with status 1 by design.
   assert 'Runs one experiment' in result.stdout
+  for group in ('data:', 'model:', 'optimization:', 'run:', 'sweep:', 'devices:',
+                'batchnorm:', 'signal_propagation:', 'backprop:'):
+    assert f'\n{group}\n' in result.stdout, group
   for flag in ('init', 'activation', 'batchnorm', 'hidden', 'steps', 'lr', 'schedule',
                'seed', 'workdir', 'output_scale', 'dataset', 'data_dir', 'experiment',
                'vectorize', 'data_parallel', 'platform', 'compilation_cache', 'distributed',
@@ -106,7 +160,7 @@ def test_resume_goes_on_with_an_interrupted_run(tmp_path, data_dir, small_datase
   assert summary['status'] == 'completed' and summary['resumed_from_step'] == 4
   assert [r['step'] for r in rundir.read_jsonl(workdir / 'metrics.jsonl')] == [4, 8, 12]
   wrong = launch('--experiment=batchnorm', '--resume', f'--workdir={workdir}')
-  assert wrong.returncode != 0 and '--resume goes on with a training run' in wrong.stderr
+  assert wrong.returncode == 2 and '--resume goes on with one training run' in wrong.stderr
 
 
 @pytest.mark.slow

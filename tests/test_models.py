@@ -162,3 +162,40 @@ def test_omitted_bias_count_is_the_hidden_widths_with_batchnorm_only():
 def test_unknown_bn_impl_lists_the_valid_ones():
   with pytest.raises(ValueError, match=r"'torch'.*\['flax', 'ours'\]"):
     make(True, bn_impl='torch')
+
+
+@pytest.mark.parametrize('batchnorm', [False, True])
+def test_taps_are_each_layers_dense_output_preactivation_and_activation(batchnorm):
+  """The one walk through the layers, against Flax's own layers applied one by one."""
+  model = make(batchnorm, activation='tanh')
+  x = jax.random.normal(jax.random.key(2), (32, 12)) * 2 + 1
+  logits, layers = model.forward(x)
+  assert len(layers) == 2 and all(set(t) == {'dense', 'preactivation', 'activation'}
+                                  for t in layers)
+  reference = nnx.clone(model)  # Its BatchNorm statistics update as forward's did.
+  h = x
+  for i, tap in enumerate(layers):
+    u = reference.dense[i](h)
+    z = reference.norms[i](u) if batchnorm else u
+    h = jnp.tanh(z)
+    np.testing.assert_allclose(tap['dense'], u, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(tap['preactivation'], z, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(tap['activation'], h, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(logits, reference.output(h), rtol=1e-6, atol=1e-6)
+  np.testing.assert_array_equal(model(x), logits)  # __call__ is forward's logits.
+
+
+def test_create_model_is_the_config_made_concrete():
+  from fundamentals.config import Config  # pylint: disable=g-import-not-at-top
+  config = Config(hidden=(16, 8), activation='tanh', init='xavier', bn_impl='ours',
+                  bn_momentum=0.8, bn_unbiased_running_var=True, output_scale=0.5)
+  model = models.create_model(config, num_features=12, num_classes=5,
+                              key=jax.random.key(0))
+  assert [d.kernel.shape for d in model.dense] == [(12, 16), (16, 8)]
+  assert model.activation_name == 'tanh' and model.output.kernel.shape == (8, 5)
+  assert all(n.momentum == 0.8 and n.unbiased_running_var for n in model.norms)
+  same = models.MLP(12, (16, 8), 5, activation='tanh', init='xavier', bn_impl='ours',
+                    bn_momentum=0.8, bn_unbiased_running_var=True, output_scale=0.5,
+                    rngs=nnx.Rngs(params=jax.random.key(0)))
+  for a, b in zip(jax.tree.leaves(nnx.state(model)), jax.tree.leaves(nnx.state(same))):
+    np.testing.assert_array_equal(a, b)

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import math
 
@@ -11,8 +12,10 @@ from scipy import special
 from conftest import SMALL
 from experiments import signal_propagation as experiment
 from fundamentals import activations
+from fundamentals import config as config_lib
 from fundamentals import data
 from fundamentals import models
+from fundamentals import runner
 from fundamentals import signal_propagation as sp
 from fundamentals.config import Config
 
@@ -106,7 +109,7 @@ def test_predict_closed_forms():
   bn = sp.predict('tanh', weight_variances=[1.0] * 2, widths=[n] * 3,
                   input_second_moment=5.0, batchnorm=True, last_activation_grad_std=1.0)
   assert [r['q'] for r in bn] == [1.0, 1.0]
-  assert bn[0]['inactive_fraction'] == pytest.approx(math.erfc(math.atanh(0.97) / math.sqrt(2)))
+  assert bn[0]['saturated_fraction'] == pytest.approx(math.erfc(math.atanh(0.97) / math.sqrt(2)))
   assert all(math.isnan(r['activation_grad_std']) for r in bn)
   with pytest.raises(ValueError, match='widths'):
     sp.predict('tanh', weight_variances=[1.0], widths=[n], input_second_moment=1.0)
@@ -119,15 +122,16 @@ def make_model(init, activation, *, batchnorm=False, hidden=(16, 8), features=12
 
 
 @pytest.mark.parametrize('batchnorm', [False, True])
-def test_forward_with_probes_is_the_models_forward(batchnorm):
+def test_perturbed_forward_is_the_models_forward(batchnorm):
+  """Zero perturbations (what signal propagation differentiates) change nothing."""
   model = make_model('kaiming', 'tanh', batchnorm=batchnorm)
   x = jax.random.normal(jax.random.key(1), (9, 12))
   probes = [jnp.zeros((9, 16)), jnp.zeros((9, 8))]
-  logits, layers = sp.forward_with_probes(model, x, probes)
+  logits, layers = model.forward(x, perturb=probes)
   expected_logits, expected_layers = model.forward(x)
   np.testing.assert_allclose(logits, expected_logits, rtol=1e-6, atol=1e-6)
   for ours, theirs in zip(layers, expected_layers):
-    for key in ('preactivation', 'activation'):
+    for key in ('dense', 'preactivation', 'activation'):
       np.testing.assert_allclose(ours[key], theirs[key], rtol=1e-6, atol=1e-6)
 
 
@@ -165,7 +169,7 @@ def test_measure_matches_numpy_backprop():
     assert row['preactivation_std'] == pytest.approx(z.std(), rel=1e-5)
     assert row['activation_mean'] == pytest.approx(h.mean(), abs=1e-6)
     assert row['activation_std'] == pytest.approx(h.std(), rel=1e-5)
-    assert row['inactive_fraction'] == pytest.approx(np.mean((z < lo) | (z > hi)))
+    assert row['saturated_fraction'] == pytest.approx(np.mean((z < lo) | (z > hi)))
     assert row['activation_grad_std'] == pytest.approx(want['activation_grad_std'], rel=1e-4)
     assert row['kernel_grad_std'] == pytest.approx(want['kernel_grad_std'], rel=1e-4)
     assert row['loss'] == pytest.approx(loss, rel=1e-5)
@@ -203,12 +207,12 @@ def test_theory_matches_a_wide_tanh_net():
       # Independent inputs average the finite-width noise over the batch: ≪ 1%.
       assert m['preactivation_std'] == pytest.approx(p['preactivation_std'], rel=0.01)
       assert m['activation_std'] == pytest.approx(p['activation_std'], rel=0.01)
-      assert m['inactive_fraction'] == pytest.approx(p['inactive_fraction'], abs=0.01)
+      assert m['saturated_fraction'] == pytest.approx(p['saturated_fraction'], abs=0.01)
       assert m['activation_grad_std'] == pytest.approx(
           p['activation_grad_std'], rel=finite_width_tolerance(l, 512, excess=1.0))
   # The issue's claims: N(0, 1) saturates most tanh units; tanh-gain Kaiming does not.
-  assert min(r['inactive_fraction'] for r in wide_measurement('normal', 'tanh')[0]) > 0.85
-  assert wide_measurement('kaiming', 'tanh')[0][-1]['inactive_fraction'] < 0.08
+  assert min(r['saturated_fraction'] for r in wide_measurement('normal', 'tanh')[0]) > 0.85
+  assert wide_measurement('kaiming', 'tanh')[0][-1]['saturated_fraction'] < 0.08
 
 
 def test_theory_matches_a_wide_relu_net():
@@ -250,52 +254,61 @@ def test_lsuv_gives_unit_variance_on_a_real_batch(small_dataset, activation):
 
 # --- Configuration and the experiment --------------------------------------------
 
-def test_config_validates_the_experiment_settings():
-  config = Config(sp_inits=['lsuv', 'orthogonal', 'xavier_uniform'], sp_batchnorm='both')
-  assert config.sp_inits == ('lsuv', 'orthogonal', 'xavier_uniform')
-  assert Config.from_json(config.to_json()) == config
+def test_the_experiment_validates_its_settings():
+  settings = experiment.Settings(inits=['lsuv', 'orthogonal', 'xavier_uniform'],
+                                 batchnorm='both')
+  assert settings.inits == ('lsuv', 'orthogonal', 'xavier_uniform')
+  assert config_lib.build(experiment.Settings, settings.to_dict()) == settings
   for kwargs, match in [
-      (dict(sp_inits=('kaimin',)), 'kaimin'),
-      (dict(sp_activations=('swish',)), 'swish'),
-      (dict(sp_inits=()), 'at least one'),
-      (dict(sp_batchnorm='maybe'), 'maybe'),
-      (dict(sp_depth=0), 'sp_depth=0'),
-      (dict(sp_draws=0), 'sp_draws=0'),
+      (dict(inits=('kaimin',)), 'kaimin'),
+      (dict(activations=('swish',)), 'swish'),
+      (dict(inits=()), 'at least one'),
+      (dict(batchnorm='maybe'), 'maybe'),
+      (dict(depth=0), 'sp_depth=0'),
+      (dict(draws=0), 'sp_draws=0'),
   ]:
     with pytest.raises(ValueError, match=match):
-      Config(**kwargs)
+      experiment.Settings(**kwargs)
+  assert not any(name.startswith('sp_') for name in Config().to_dict())
 
 
 @pytest.mark.slow
 def test_experiment_writes_figures_report_and_table(tmp_path, data_dir):
   config = Config(experiment='signal_propagation', dataset=SMALL, data_dir=data_dir,
-                  batch_size=32, sp_inits=('normal', 'lsuv'), sp_activations=('tanh',),
-                  sp_depth=3, sp_width=32, sp_batchnorm='both', sp_draws=2,
-                  workdir=str(tmp_path / 'run'))
-  summary = experiment.run(config)
+                  batch_size=32, workdir=str(tmp_path / 'run'))
+  settings = experiment.Settings(inits=('normal', 'lsuv'), activations=('tanh',), depth=3,
+                                 width=32, batchnorm='both', draws=2)
+  results = runner.run(experiment.EXPERIMENT, config, settings=settings)
   run = tmp_path / 'run'
-  for name in ('config.json', 'metrics.jsonl', 'summary.json', 'report.md',
+  for name in ('config.json', 'results.json', 'report.md', 'sweep.json',
                'activation_histograms.png', 'signal_std.png', 'inactive.png'):
     assert (run / name).stat().st_size > 0, name
-  assert [(r['init'], r['batchnorm']) for r in summary['cases']] == [
+  cases = results['values']['last_layer']
+  assert [(r['init'], r['batchnorm']) for r in cases] == [
       ('normal', False), ('lsuv', False), ('normal', True), ('lsuv', True)]
-  normal = summary['cases'][0]
+  normal = cases[0]
   assert normal['sigma_w2_hidden'] == 32  # N(0, 1): σ_w² = fan_in.
-  assert normal['last_inactive_fraction'] > 0.5
-  records = [json.loads(line) for line in (run / 'metrics.jsonl').read_text().splitlines()]
-  assert len(records) == 4 * 2 * 3  # cases × draws × layers
+  assert normal['inactive'] > 0.5
+  measured = [json.loads((run / m['name'] / 'measurement.json').read_text())['measured']
+              for m in results['members']]
+  assert [len(draws) for draws in measured] == [2] * 4  # cases × draws ...
+  assert all(len(layers) == 3 for draws in measured for layers in draws)  # ... × layers
   report = (run / 'report.md').read_text()
   assert '| normal | tanh | off | 32 |' in report and '## LSUV' in report
-  written = json.loads((run / 'summary.json').read_text())['cases']
-  assert [r['last_activation_std'] for r in written] == [
-      r['last_activation_std'] for r in summary['cases']]
-  with pytest.raises(FileExistsError):
-    experiment.run(config)
+  written = json.loads((run / 'results.json').read_text())['values']['last_layer']
+  assert [r['activation_std'] for r in written] == [r['activation_std'] for r in cases]
+  assert [c['passed'] for c in results['checks']] == [True]  # No Kaiming: one check.
+  # The same command again finds every member measured; another one is refused.
+  again = runner.run(experiment.EXPERIMENT, config, settings=settings, echo=lambda l: None)
+  assert json.dumps(again['values']) == json.dumps(results['values'])  # NaN ≠ NaN.
+  with pytest.raises(FileExistsError, match='different sweep'):
+    runner.run(experiment.EXPERIMENT, config,
+               settings=dataclasses.replace(settings, draws=3))
 
 
 def test_experiment_is_registered():
   import experiments  # pylint: disable=import-outside-toplevel
-  assert experiments.get_experiment('signal_propagation') is experiment.run
+  assert experiments.get_experiment('signal_propagation') is experiment.EXPERIMENT
   assert 'signal_propagation' in experiments.describe()
 
 
@@ -307,7 +320,11 @@ def test_launch_runs_the_experiment_with_its_flags(tmp_path, data_dir):
                   '--sp_inits=xavier,kaiming', '--sp_activations=relu', '--sp_depth=2',
                   '--sp_width=16', '--sp_draws=1', f'--workdir={tmp_path / "run"}')
   assert result.returncode == 0, result.stderr
-  assert 'relu kaiming' in result.stdout
+  assert 'kaiming-relu' in result.stdout
+  settings = json.loads((tmp_path / 'run' / 'sweep.json').read_text())['settings']
+  assert settings['inits'] == ['xavier', 'kaiming'] and settings['depth'] == 2
   config = json.loads((tmp_path / 'run' / 'config.json').read_text())
-  assert config['sp_inits'] == ['xavier', 'kaiming'] and config['sp_depth'] == 2
+  assert config['experiment'] == 'signal_propagation' and 'sp_depth' not in config
+  member = json.loads((tmp_path / 'run' / 'kaiming-relu' / 'config.json').read_text())
+  assert member['hidden'] == [16, 16] and member['init'] == 'kaiming'
   assert (tmp_path / 'run' / 'report.md').exists()

@@ -1,20 +1,27 @@
 import csv
+import dataclasses
 import json
-import pathlib
 
 import pytest
 
+from experiments import train as train_experiment
+from fundamentals import plots
+from fundamentals import report
 from fundamentals import rundir
+from fundamentals import runner
 from fundamentals import sweep
 from fundamentals.config import Config
 
 BASE = Config(dataset='synthetic_fruits/small', hidden=(8,), steps=5, batch_size=20)
+TRAIN = train_experiment.EXPERIMENT
 
 
 def fake_member(calls, fail_on=None, resumes=None):
-  """Stands in for train.train: records the call and writes a summary like it does."""
+  """Stands in for training one member: records the call, writes a summary as
+  train.train does."""
   resumes = [] if resumes is None else resumes
-  def run(config, *, overwrite=False, resume=False):
+  def run(member, *, overwrite=False, resume=False):
+    config = member.config if isinstance(member, sweep.Member) else member
     calls.append(config)
     resumes.append(resume)
     workdir = rundir.create(config.workdir, overwrite=overwrite)
@@ -27,6 +34,15 @@ def fake_member(calls, fail_on=None, resumes=None):
     rundir.write_json(workdir / 'summary.json', summary)
     return summary
   return run
+
+
+def run_sweep(base, axes, *, workdir, run_member, **kwargs):
+  """A grid through the sweep engine as the runner drives it, with fake members;
+  returns the results rows (results.csv's) once every member finished."""
+  members = sweep.expand(base, axes, workdir=workdir)
+  sweep.run(members, workdir=workdir, manifest=sweep.manifest(base, members, axes=axes),
+            run_member=run_member, **kwargs)
+  return runner.summarize(TRAIN, workdir, echo=print).get('values', {}).get('rows')
 
 
 def test_grid_is_the_cartesian_product_named_by_what_varies(tmp_path):
@@ -46,13 +62,16 @@ def test_grid_is_the_cartesian_product_named_by_what_varies(tmp_path):
 def test_invalid_combinations_are_all_reported_before_anything_runs(tmp_path):
   axes = sweep.parse_axes({'warmup_steps': ['0', '10'], 'steps': ['5', '20']})
   with pytest.raises(ValueError, match='1 invalid sweep member') as info:
-    sweep.run(BASE, axes, workdir=tmp_path / 'never', run_member=fake_member([]))
+    runner.prepare(TRAIN, dataclasses.replace(BASE, workdir=str(tmp_path / 'never')),
+                   axes=axes)
   assert 'warmup_steps-10__steps-5' in str(info.value)
   assert not (tmp_path / 'never').exists()
   with pytest.raises(ValueError, match="'hidden' cannot be swept"):
     sweep.parse_axes({'hidden': ['8']})
-  with pytest.raises(ValueError, match='--lr=0.1,fast: every value must be a number'):
+  with pytest.raises(ValueError, match='--lr=fast: must be a number'):
     sweep.parse_axes({'lr': ['0.1', 'fast']})
+  with pytest.raises(ValueError, match='--lr=0.1,0.1 repeats a value'):
+    sweep.parse_axes({'lr': ['0.1', '0.1']})
 
 
 def test_shards_are_disjoint_and_cover_the_sweep(tmp_path):
@@ -69,52 +88,62 @@ def test_shards_are_disjoint_and_cover_the_sweep(tmp_path):
 def test_rerun_skips_finished_members_and_restarts_interrupted_ones(tmp_path):
   axes = sweep.parse_axes({'seed': ['0', '1', '2']})
   calls = []
-  sweep.run(BASE, axes, workdir=tmp_path, run_member=fake_member(calls), echo=print)
+  run_sweep(BASE, axes, workdir=tmp_path, run_member=fake_member(calls), echo=print)
   assert len(calls) == 3
   before = (tmp_path / 'seed-0' / 'summary.json').read_text()
   # seed-1 was killed mid-run: its directory exists but holds no summary.
   (tmp_path / 'seed-1' / 'summary.json').unlink()
   calls.clear()
   resumes = []
-  rows = sweep.run(BASE, axes, workdir=tmp_path, run_member=fake_member(calls, resumes=resumes),
-                   echo=print)
+  rows = run_sweep(BASE, axes, workdir=tmp_path,
+                   run_member=fake_member(calls, resumes=resumes), echo=print)
   assert [c.seed for c in calls] == [1]
   assert resumes == [True]  # From its checkpoint, when it saved one.
   assert (tmp_path / 'seed-0' / 'summary.json').read_text() == before
   assert [r['status'] for r in rows] == ['completed'] * 3
-  sweep.run(BASE, axes, workdir=tmp_path, run_member=fake_member(calls, resumes=resumes),
+  run_sweep(BASE, axes, workdir=tmp_path, run_member=fake_member(calls, resumes=resumes),
             overwrite=True, echo=print)
   assert resumes[1:] == [False] * 3  # Redone from scratch: no stale checkpoint.
 
 
 def test_a_sweep_written_before_a_config_field_existed_still_resumes(tmp_path):
   axes = sweep.parse_axes({'seed': ['0', '1']})
-  sweep.run(BASE, axes, workdir=tmp_path, run_member=fake_member([]), echo=print)
+  run_sweep(BASE, axes, workdir=tmp_path, run_member=fake_member([]), echo=print)
   manifest = json.loads((tmp_path / 'sweep.json').read_text())
-  del manifest['base']['data_parallel']  # As an older version wrote it.
+  del manifest['base']['data_parallel']  # As an older version wrote it,
+  del manifest['experiment'], manifest['settings']  # before experiments ran as sweeps.
   (tmp_path / 'sweep.json').write_text(json.dumps(manifest))
   calls = []
-  sweep.run(BASE, axes, workdir=tmp_path, run_member=fake_member(calls), echo=print)
+  run_sweep(BASE, axes, workdir=tmp_path, run_member=fake_member(calls), echo=print)
   assert calls == []
 
 
 def test_a_different_sweep_in_the_same_directory_is_refused(tmp_path):
-  sweep.run(BASE, sweep.parse_axes({'seed': ['0', '1']}), workdir=tmp_path,
+  run_sweep(BASE, sweep.parse_axes({'seed': ['0', '1']}), workdir=tmp_path,
             run_member=fake_member([]), echo=print)
   with pytest.raises(FileExistsError, match='different sweep'):
-    sweep.run(BASE, sweep.parse_axes({'seed': ['0', '2']}), workdir=tmp_path,
+    run_sweep(BASE, sweep.parse_axes({'seed': ['0', '2']}), workdir=tmp_path,
               run_member=fake_member([]), echo=print)
+
+
+def test_a_moved_sweep_is_the_same_sweep(tmp_path):
+  axes = sweep.parse_axes({'seed': ['0', '1']})
+  run_sweep(BASE, axes, workdir=tmp_path / 'a', run_member=fake_member([]), echo=print)
+  (tmp_path / 'a').rename(tmp_path / 'b')
+  calls = []
+  run_sweep(BASE, axes, workdir=tmp_path / 'b', run_member=fake_member(calls), echo=print)
+  assert calls == []
 
 
 def test_results_aggregate_over_seeds_and_record_divergence(tmp_path):
   axes = sweep.parse_axes({'lr': ['0.1', '0.5'], 'seed': ['0', '1', '2']})
-  rows = sweep.run(BASE, axes, workdir=tmp_path, run_member=fake_member([], fail_on=0.5),
+  rows = run_sweep(BASE, axes, workdir=tmp_path, run_member=fake_member([], fail_on=0.5),
                    echo=print)
   assert [r['status'] for r in rows] == ['completed'] * 3 + ['diverged'] * 3
   with open(tmp_path / 'results.csv') as f:
     table = list(csv.DictReader(f))
   assert len(table) == 6 and table[3]['diverged_at_step'] == '3'
-  groups = sweep.aggregate(rows, ['lr', 'seed'])
+  groups = report.aggregate(rows, ['lr', 'seed'])
   ok = next(g for g in groups if g['lr'] == 0.1)
   mean, std = ok['final_test_accuracy']
   assert mean == pytest.approx(0.4) and std == pytest.approx(0.1)
@@ -123,22 +152,28 @@ def test_results_aggregate_over_seeds_and_record_divergence(tmp_path):
   assert '40.00% ± 10.00%' in markdown and 'diverged @ 3' in markdown
   manifest = json.loads((tmp_path / 'sweep.json').read_text())
   assert manifest['axes'] == {'lr': [0.1, 0.5], 'seed': [0, 1, 2]}
+  results = json.loads((tmp_path / 'results.json').read_text())
+  assert results['finished'] == results['of'] == 6
+  assert [m['status'] for m in results['members']] == ['completed'] * 3 + ['diverged'] * 3
 
 
 def test_summarize_collects_the_shards_of_other_jobs(tmp_path):
   axes = sweep.parse_axes({'seed': ['0', '1', '2', '3']})
-  for k in range(2):
-    sweep.run(BASE, axes, workdir=tmp_path, run_member=fake_member([]), shard_spec=(k, 2),
-              echo=print)
-  rows = sweep.summarize(tmp_path, echo=print)
+  first = run_sweep(BASE, axes, workdir=tmp_path, run_member=fake_member([]),
+                    shard_spec=(0, 2), echo=print)
+  assert first is None  # Half of the members: no report yet.
+  assert json.loads((tmp_path / 'results.json').read_text())['finished'] == 2
+  run_sweep(BASE, axes, workdir=tmp_path, run_member=fake_member([]), shard_spec=(1, 2),
+            echo=print)
+  rows = runner.summarize(TRAIN, tmp_path, echo=print)['values']['rows']
   assert [r['status'] for r in rows] == ['completed'] * 4
 
 
 def test_heatmaps_put_init_by_activation_with_a_panel_per_other_setting():
-  assert sweep.heatmap_axes(['seed', 'activation', 'batchnorm', 'init']) == (
+  assert plots.heatmap_axes(['seed', 'activation', 'batchnorm', 'init']) == (
       'init', 'activation', ['batchnorm'])
-  assert sweep.heatmap_axes(['lr', 'seed']) == ('lr', None, [])
-  assert sweep.heatmap_axes(['seed']) is None
+  assert plots.heatmap_axes(['lr', 'seed']) == ('lr', None, [])
+  assert plots.heatmap_axes(['seed']) is None
 
 
 def test_a_real_sweep_through_launch_writes_results_and_figures_and_resumes(tmp_path, data_dir):
@@ -173,15 +208,15 @@ def test_members_of_one_structure_run_together_when_grouped(tmp_path):
   axes = sweep.parse_axes({'activation': ['tanh', 'relu'], 'seed': ['0', '1', '2']})
   singles, groups = [], []
 
-  def run_group(configs, *, overwrite=False, resume=False):
-    groups.append([c.seed for c in configs])
-    return [fake_member([])(c, overwrite=overwrite, resume=resume) for c in configs]
+  def run_group(batch, *, overwrite=False, resume=False):
+    groups.append([m.config.seed for m in batch])
+    return [fake_member([])(m, overwrite=overwrite, resume=resume) for m in batch]
 
   # seed-2 of tanh finished earlier: it is not run again, the rest of its group is.
   first = sweep.expand(BASE, axes, workdir=tmp_path)[2]
   assert first.name == 'activation-tanh__seed-2'
-  fake_member([])(first.config, resume=True)
-  rows = sweep.run(BASE, axes, workdir=tmp_path, run_member=fake_member(singles),
+  fake_member([])(first, resume=True)
+  rows = run_sweep(BASE, axes, workdir=tmp_path, run_member=fake_member(singles),
                    run_group=run_group, group_key=lambda c: c.activation, echo=print)
   assert groups == [[0, 1], [0, 1, 2]] and not singles
   assert [r['status'] for r in rows] == ['completed'] * 6
@@ -212,8 +247,8 @@ def test_heatmap_cells_say_what_they_hold():
                status='diverged' if (i, a) == ('normal', 'relu') else 'completed',
                final_test_accuracy=None if (i, a) == ('normal', 'relu') else 0.5 + s / 10)
           for i in ('normal', 'kaiming') for a in ('tanh', 'relu') for s in (0, 1)]
-  groups = sweep.aggregate(rows, ['init', 'activation', 'seed'])
-  fig = sweep.sweep_heatmap_figure(groups, metric='final_test_accuracy', row='init',
+  groups = report.aggregate(rows, ['init', 'activation', 'seed'])
+  fig = plots.sweep_heatmap_figure(groups, metric='final_test_accuracy', row='init',
                                    column='activation', panel_keys=[], fmt='{:.0%}')
   texts = sorted(t.get_text() for t in fig.axes[0].texts)
   assert texts == ['55%', '55%', '55%', 'diverged']

@@ -9,8 +9,11 @@ import optax
 import pytest
 
 from fundamentals import doctor
+from fundamentals import models
+from fundamentals import optimizers
 from fundamentals import plots
 from fundamentals import rundir
+from fundamentals import runlog
 from fundamentals import runtime
 from fundamentals import train
 from fundamentals.config import Config
@@ -134,8 +137,8 @@ def test_diagnostics_run_writes_every_output(tmp_path, small_dataset):
   measured = records[1]['diagnostics']
   assert len(measured['layers']) == 2
   assert set(measured['layers'][0]) == {'activation_mean', 'activation_std',
-                                        'preactivation_std', 'activation_grad_std',
-                                        'dead_fraction'}
+                                        'preactivation_mean', 'preactivation_std',
+                                        'activation_grad_std', 'dead_fraction'}
   assert set(measured['params']) == {'dense/0/kernel', 'dense/1/kernel', 'output/kernel'}
   for stats in measured['params'].values():
     assert set(stats) == {'weight_std', 'grad_std', 'grad_to_data', 'update_to_data'}
@@ -182,17 +185,18 @@ def test_the_doctor_sees_a_saturated_tanh_network_and_passes_a_bn_relu_one(
 
 def test_first_non_finite_step():
   nan, inf = float('nan'), float('inf')
-  assert train.first_non_finite_step(np.array([1.0, 2.0]), first_step=11) is None
-  assert train.first_non_finite_step(np.array([1.0, inf, nan]), first_step=11) == 12
+  assert runlog.first_non_finite_step(np.array([1.0, 2.0]), first_step=11) is None
+  assert runlog.first_non_finite_step(np.array([1.0, inf, nan]), first_step=11) == 12
   norms = {'grad_norm': nan, 'param_norm': 1.0}
-  assert train.first_non_finite_step(np.array([1.0, 2.0]), first_step=11,
+  assert runlog.first_non_finite_step(np.array([1.0, 2.0]), first_step=11,
                                      scalars=norms) == 12
 
 
 def test_evaluate_is_independent_of_the_padded_batch_size(small_dataset):
   config = Config(**{**TINY, 'hidden': (8,)})
-  model = train.create_model(config, small_dataset, jax.random.key(0))
-  tx, _ = train.create_optimizer(config)
+  model = models.create_model(config, num_features=small_dataset.num_features,
+                              num_classes=small_dataset.num_classes, key=jax.random.key(0))
+  tx, _ = optimizers.create(config)
   graphs, state = train.split_model(model, tx)
   eval_step = train.make_eval_step(graphs)
   args = (small_dataset.test_images, small_dataset.test_labels, small_dataset.mean,
@@ -235,7 +239,7 @@ def test_runs_differing_only_in_per_run_values_share_one_compilation(tmp_path,
 
 def test_scheduled_sgd_makes_the_updates_of_optax_sgd():
   shape = optax.cosine_decay_schedule(1.0, 50)
-  ours = optax.inject_hyperparams(train.scheduled_sgd, static_args=('shape',))(
+  ours = optax.inject_hyperparams(optimizers.scheduled_sgd, static_args=('shape',))(
       learning_rate=0.05, momentum=0.9, shape=shape)
   reference = optax.sgd(optax.cosine_decay_schedule(0.05, 50), momentum=0.9)
   params = {'w': jnp.linspace(-1.0, 1.0, 7)}
@@ -320,9 +324,11 @@ def test_lsuv_init_gives_unit_variance_layers_and_trains(tmp_path, small_dataset
   assert summary['status'] == 'completed'
   assert summary['final_train_loss'] < summary['initial_loss']
   # The kernels training started from: orthogonal rescaled, so not orthogonal's own.
-  model = train.create_model(Config(**{**TINY, 'init': 'lsuv', 'activation': 'tanh',
-                                       'batchnorm': False, 'hidden': (32, 16)}),
-                             small_dataset, jax.random.split(jax.random.key(0), 3)[0])
+  model = models.create_model(Config(**{**TINY, 'init': 'lsuv', 'activation': 'tanh',
+                                        'batchnorm': False, 'hidden': (32, 16)}),
+                              num_features=small_dataset.num_features,
+                              num_classes=small_dataset.num_classes,
+                              key=jax.random.split(jax.random.key(0), 3)[0])
   before = np.asarray(model.dense[0].kernel[...]).std()
   train.apply_data_dependent_init(Config(init='lsuv'), model, small_dataset)
   assert np.asarray(model.dense[0].kernel[...]).std() != pytest.approx(before, rel=1e-3)

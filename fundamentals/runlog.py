@@ -1,0 +1,375 @@
+"""The host side of training: records, ``metrics.jsonl``, TensorBoard, divergence,
+checkpoints' host part, figures, the doctor, ``summary.json`` and ``report.md``.
+
+``train.fit_group`` runs the device side (the jitted steps) and hands this module
+what the steps return; a :class:`RunLog` keeps one run's files, a :class:`GroupLog`
+what the runs trained together share (pending step metrics, the progress bar, work
+done while the device runs the next step, the init diagnostics measured in the
+background). Nothing here touches the model's arrays but to save them.
+"""
+
+import concurrent.futures
+import functools
+import pathlib
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import numpy as np
+
+from fundamentals import checkpoints
+from fundamentals import diagnostics
+from fundamentals import doctor
+from fundamentals import plots
+from fundamentals import progress
+from fundamentals import report
+from fundamentals import rundir
+from fundamentals import runtime
+from fundamentals import tensorboard_events
+from fundamentals.config import Config
+
+
+class RunLog:
+  """One run's directory, records, diagnostics snapshots and status."""
+
+  def __init__(self, config: Config, workdir: pathlib.Path, *, schedule, initial,
+               prefix: str, echo: Callable[[str], Any], overwrite: bool,
+               resume_step: int = 0):
+    self.config, self.workdir, self.schedule = config, workdir, schedule
+    self.initial = initial  # {'initial_loss', 'expected_initial_loss'}
+    self.prefix = prefix  # Before each line of a vectorized run: '[its directory] '.
+    self.out = echo  # Where lines go; the progress bar's echo once there is one.
+    self.records: list[dict[str, Any]] = []
+    self.snapshots: dict[str, tuple] = {}  # 'init', 'end': (step, scalars, samples)
+    self.status, self.diverged_at = 'completed', None
+    self.lsuv: list[dict[str, float]] | None = None  # Per layer, with --init=lsuv.
+    self.init_histograms = None  # Of the init snapshot, once computed (or restored).
+    if resume_step:  # TensorBoard drops the killed run's events after the checkpoint.
+      self.writer = tensorboard_events.create_writer(workdir, purge_step=resume_step + 1)
+      return
+    if overwrite:  # Outputs a new run might not rewrite (e.g. without diagnostics).
+      for name in ('diagnostics.json', 'report.md', *plots.FIGURES):
+        (workdir / name).unlink(missing_ok=True)
+      checkpoints.remove(workdir)
+    self.writer = tensorboard_events.create_writer(workdir, overwrite=overwrite)
+
+  def resume(self, host: dict[str, Any]):
+    """Takes up a checkpoint's host side: status, records up to its step (those
+    after it are dropped from ``metrics.jsonl``), init diagnostics."""
+    self.status, self.diverged_at = host['status'], host['diverged_at']
+    path = self.workdir / 'metrics.jsonl'
+    if path.exists():  # Not in another process's scratch directory.
+      self.records = [r for r in rundir.read_jsonl(path) if r['step'] <= host['step']]
+      rundir.write_jsonl(path, self.records)
+    if 'init' in host:
+      self.snapshots['init'] = (host['init']['step'], host['init']['scalars'], None)
+      self.init_histograms = host['init']['histograms']
+
+  def checkpoint_host(self) -> dict[str, Any]:
+    """What a checkpoint keeps of the host side besides the step: the status (a
+    diverged run of a group is saved too, so that the group resumes together) and
+    the init diagnostics."""
+    host = {'status': self.status, 'diverged_at': self.diverged_at}
+    if 'init' in self.snapshots:
+      step, scalars, samples = self.snapshots['init']
+      if self.init_histograms is None:
+        self.init_histograms = diagnostics.histograms(samples)
+      host['init'] = {'step': step, 'scalars': scalars, 'histograms': self.init_histograms}
+    return host
+
+  @property
+  def active(self) -> bool:
+    return self.status != 'diverged'
+
+  def echo(self, line: str):
+    self.out(self.prefix + line.replace('\n', '\n' + self.prefix))
+
+  def make_record(self, done: int, fetched: list[dict[str, Any]], *, first_step: int,
+                  examples_per_sec: float) -> tuple[dict[str, Any], list[Callable]]:
+    """The record of the window of steps ``first_step..done`` from their fetched
+    metrics; marks the run diverged at its first non-finite step. Returns the record
+    and host work (TensorBoard histograms) to do while the device runs on."""
+    step_losses = np.array([m['loss'] for m in fetched], np.float64)
+    record = {
+        'step': done,
+        'train_loss': float(np.mean(step_losses)),
+        'train_accuracy': float(np.mean([m['accuracy'] for m in fetched])),
+        'lr': float(self.schedule(done - 1)),
+        'examples_per_sec': examples_per_sec,
+    }
+    work = []
+    if 'diagnostics' in fetched[-1]:
+      scalars, samples = diagnostics.to_host(fetched[-1]['diagnostics'])
+      record['diagnostics'] = scalars
+      self.snapshots['end'] = (done, scalars, samples)
+      work.append(functools.partial(tensorboard_events.write_histograms, self.writer,
+                                    done, samples))
+    self.diverged_at = first_non_finite_step(step_losses, first_step=first_step,
+                                             scalars=record.get('diagnostics'))
+    if self.diverged_at is not None:
+      self.status = 'diverged'
+    return record, work
+
+  def take_init_diagnostics(self, measured):
+    """The first step's diagnostics (the init), with the doctor's init findings."""
+    self.snapshots['init'] = (1, *diagnostics.to_host(measured))
+    tensorboard_events.write_record(self.writer, {
+        'step': 0, 'train_loss': self.initial['initial_loss'],
+        'diagnostics': self.snapshots['init'][1]})
+    tensorboard_events.write_histograms(self.writer, 0, self.snapshots['init'][2])
+    report_findings(self.echo, 'doctor at init', doctor.examine(doctor.Run(
+        self.config, self.initial, diagnostics={'init': self.snapshots['init'][1]})))
+
+  def draw(self) -> tuple[dict[str, Any], dict[str, str]]:
+    """Writes diagnostics.json and the figures; returns ``(diagnostics scalars per
+    phase, {figure file: caption})``."""
+    measured = {phase: {'step': step, 'scalars': scalars,
+                        'histograms': (self.init_histograms if phase == 'init' and
+                                       self.init_histograms is not None
+                                       else diagnostics.histograms(samples))}
+                for phase, (step, scalars, samples) in self.snapshots.items()}
+    if measured:
+      rundir.write_json(self.workdir / 'diagnostics.json', measured)
+    series = ([(measured['init']['step'], measured['init']['scalars'])]
+              if 'init' in measured else [])
+    series += [(r['step'], r['diagnostics']) for r in self.records if 'diagnostics' in r]
+    figures = plots.save_figures(
+        self.workdir, records=self.records, series=series,
+        histograms={phase: m['histograms'] for phase, m in measured.items()},
+        activation=self.config.activation,
+        unit_health=diagnostics.unit_health(self.config.activation), **self.initial)
+    return {phase: m['scalars'] for phase, m in measured.items()}, figures
+
+  def write_outputs(self, summary: dict[str, Any], *,
+                    drawn: tuple[dict[str, Any], dict[str, str]], start_time: float):
+    """The doctor's findings, summary.json and report.md; closes the event file."""
+    scalars, figures = drawn
+    findings = doctor.examine(doctor.Run(self.config, summary, self.records, scalars))
+    report_findings(self.echo, 'doctor', findings)
+    summary['findings'] = findings
+    summary['wall_time_s'] = time.time() - start_time
+    rundir.write_json(self.workdir / 'summary.json', summary)
+    report.write(self.workdir / 'report.md', config=self.config, summary=summary,
+                 findings=findings, figures=figures, diagnostics=scalars)
+    self.writer.add_text('doctor', '\n\n'.join(doctor.format_finding(f) for f in findings)
+                         or 'no findings')
+    self.writer.close()
+    files = sorted(p.name for p in self.workdir.iterdir()
+                   if not p.name.startswith('events.') and p.name != checkpoints.DIRNAME)
+    self.echo(f'wrote {self.workdir}/ ({", ".join(files)}, TensorBoard events) in '
+              f'{summary["wall_time_s"]:.1f}s')
+
+
+class GroupLog:
+  """What the runs trained together share on the host: the steps dispatched since
+  the last record, the progress bar, work left for while the device runs, the init
+  diagnostics measured in the background.
+
+  The loop calls, per step, :meth:`before_step` and :meth:`dispatched`; per record
+  step :meth:`collect`, :meth:`add_evaluation`, :meth:`write_records` and maybe
+  :meth:`save_checkpoints`; at the end :meth:`end_loop` and :meth:`finish`.
+  """
+
+  def __init__(self, runs: Sequence[RunLog], *, config: Config, start_step: int,
+               echo: Callable[[str], Any], vectorized: bool):
+    self.runs, self.config, self.vectorized = list(runs), config, vectorized
+    self.pending: list[Any] = []  # The metrics of the steps since the last record.
+    self.host_work: list[Callable[[], Any]] = []  # Done after the next dispatch.
+    self.new_records: dict[int, dict[str, Any]] = {}
+    self.last_time, self.last_step = time.time(), start_step
+    self.init_future: concurrent.futures.Future | None = None
+    self.bar = progress.Progress(config.steps, echo=echo, start_step=start_step)
+    for run in self.runs:
+      run.out = self.bar.echo
+    self.loop_start = time.time()
+
+  @property
+  def any_active(self) -> bool:
+    return any(run.active for run in self.runs)
+
+  def start(self, init_future: concurrent.futures.Future | None, *, resumed: bool):
+    """The doctor at init: now from the initial loss alone, or from the first
+    step's diagnostics once ``init_future`` has them."""
+    self.init_future = init_future
+    if init_future is None and not resumed:
+      for run in self.runs:
+        report_findings(run.echo, 'doctor at init',
+                        doctor.examine(doctor.Run(run.config, run.initial)))
+
+  def _take_init_diagnostics(self):
+    for run, measured in zip(self.runs, per_run(self.init_future.result(),
+                                                self.vectorized)):
+      run.take_init_diagnostics(measured)
+    self.init_future = None
+
+  def before_step(self, diagnose: bool):
+    """Before a diagnostics step the init diagnostics are taken (its compiled
+    variant is then ready), or as soon as they are done."""
+    if self.init_future is not None and (diagnose or self.init_future.done()):
+      self._take_init_diagnostics()
+
+  def dispatched(self, metrics):
+    """A step was dispatched: its metrics wait for the next record; host work is
+    done while the device runs it."""
+    self.pending.append(metrics)
+    self.bar.advance()
+    while self.host_work:
+      self.host_work.pop(0)()
+
+  def collect(self, done: int):
+    """Fetches the pending metrics into each active run's new record."""
+    fetched = per_run(jax.device_get(self.pending), self.vectorized)
+    now = time.time()
+    examples_per_sec = (done - self.last_step) * self.config.batch_size / (
+        now - self.last_time)
+    self.new_records = {}
+    for i, run in enumerate(self.runs):
+      if not run.active:
+        continue
+      record, work = run.make_record(done, fetched[i], first_step=self.last_step + 1,
+                                     examples_per_sec=examples_per_sec)
+      self.host_work += work
+      self.new_records[i] = record
+    self.pending, self.last_time, self.last_step = [], now, done
+
+  def add_evaluation(self, split: str, result: dict[str, Any]):
+    """A held-out split's loss and accuracy (per run) into the active runs' records."""
+    for i, run in enumerate(self.runs):
+      if run.active:
+        self.new_records[i].update({f'{split}_loss': item(result['loss'], i),
+                                    f'{split}_accuracy': item(result['accuracy'], i)})
+
+  def write_records(self):
+    """Appends the new records to metrics.jsonl, TensorBoard and the progress."""
+    for i, record in self.new_records.items():
+      run = self.runs[i]
+      run.records.append(record)
+      rundir.append_jsonl(run.workdir / 'metrics.jsonl', record)
+      self.host_work.append(functools.partial(tensorboard_events.write_record,
+                                              run.writer, record))
+      if self.vectorized:
+        self.bar.echo(run.prefix + progress.format_record(record, self.config.steps))
+      else:
+        self.bar.record(record)
+      if not run.active:
+        run.echo(f'loss is not finite at step {run.diverged_at}: stopping (diverged)')
+    self.new_records = {}
+
+  def save_checkpoints(self, states: Sequence[Any], step: int):
+    """Every run's checkpoint, TensorBoard on disk up to it first."""
+    if self.init_future is not None:
+      self._take_init_diagnostics()
+    for work in self.host_work:
+      work()
+    self.host_work.clear()
+    for run in self.runs:
+      run.writer.flush()
+    runtime.on_main_process(functools.partial(
+        checkpoints.save_group, [run.workdir for run in self.runs], states,
+        [run.checkpoint_host() for run in self.runs], step))
+
+  def end_loop(self) -> float:
+    """Finishes what the loop left; returns the seconds the loop took."""
+    if self.init_future is not None:
+      self._take_init_diagnostics()
+    for work in self.host_work:
+      work()
+    self.host_work.clear()
+    self.bar.close()
+    return time.time() - self.loop_start
+
+  def draw_in_background(self) -> concurrent.futures.Future:
+    """Every run's figures, drawn in a thread (while the final evaluation runs)."""
+    return in_background(lambda: [run.draw() for run in self.runs])
+
+  def finish(self, final: dict[str, dict[str, Any]], *, facts: dict[str, Any],
+             train_loop_s: float, start_step: int, drawn: concurrent.futures.Future,
+             start_time: float) -> list[dict[str, Any]]:
+    """Each run's summary, outputs and cleanup; returns the summaries.
+
+    Args:
+      final: per split, the final ``evaluate`` (per run when vectorized).
+      facts: what every summary holds (parameter counts, normalization, devices...).
+      train_loop_s: the loop's seconds; start_step: where it started (resumed runs).
+      drawn: :meth:`draw_in_background`'s future.
+      start_time: when the group started.
+    """
+    summaries = []
+    for i, (run, drawing) in enumerate(zip(self.runs, drawn.result())):
+      run_steps = run.records[-1]['step'] if run.records else 0
+      summary = {
+          'status': run.status,
+          'diverged_at_step': run.diverged_at,
+          **run.initial,
+          **facts,
+          'steps': run_steps,
+          # Of the group's training loop, for a vectorized run.
+          'train_loop_s': train_loop_s,
+          'examples_per_sec': ((run_steps - start_step) * self.config.batch_size
+                               / train_loop_s),
+          'vectorized_runs': len(self.runs),
+      }
+      if run.lsuv:
+        summary['lsuv'] = run.lsuv
+      if start_step:
+        summary['resumed_from_step'] = start_step
+      if run.status == 'completed':
+        for split, result in final.items():
+          summary[f'final_{split}_loss'] = item(result['loss'], i)
+          summary[f'final_{split}_accuracy'] = item(result['accuracy'], i)
+        run.echo(f'final: train loss {summary["final_train_loss"]:.4f} acc '
+                 f'{summary["final_train_accuracy"]:.2%} | test loss '
+                 f'{summary["final_test_loss"]:.4f} acc '
+                 f'{summary["final_test_accuracy"]:.2%}')
+      summary['workdir'] = str(run.workdir)
+      run.write_outputs(summary, drawn=drawing, start_time=start_time)
+      checkpoints.remove(run.workdir)  # Finished (summary written): nothing to resume.
+      summaries.append(summary)
+    return summaries
+
+
+def first_non_finite_step(step_losses: np.ndarray, *, first_step: int,
+                          scalars: dict[str, Any] | None = None) -> int | None:
+  """The step of the first non-finite loss of a window that began at ``first_step``.
+
+  When the losses are finite but the diagnostics ``scalars`` (measured on the window's
+  last step) have a non-finite gradient or parameter norm, that last step; None when
+  all is finite.
+  """
+  non_finite = np.flatnonzero(~np.isfinite(step_losses))
+  if non_finite.size:
+    return first_step + int(non_finite[0])
+  if scalars is not None and not diagnostics.is_finite(scalars):
+    return first_step + len(step_losses) - 1
+  return None
+
+
+def per_run(tree, vectorized: bool) -> list:
+  """Splits a pytree with a leading axis of runs into one pytree per run."""
+  if not vectorized:
+    return [tree]
+  num_runs = jax.tree.leaves(tree)[0].shape[0]
+  return [jax.tree.map(lambda x, i=i: x[i], tree) for i in range(num_runs)]
+
+
+def item(value, i: int) -> float:
+  """Entry ``i`` of a per-run array, or the float of one run."""
+  return float(value[i]) if np.ndim(value) else float(value)
+
+
+def in_background(fn: Callable[[], Any]) -> concurrent.futures.Future:
+  """Runs ``fn()`` in a new thread; ``.result()`` returns its value or raises its error."""
+  pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+  future = pool.submit(fn)
+  pool.shutdown(wait=False)
+  return future
+
+
+def report_findings(echo: Callable[[str], Any], title: str,
+                    findings: list[dict[str, Any]]):
+  if not findings:
+    echo(f'{title}: no findings')
+    return
+  echo(f'{title}: {len(findings)} finding{"s" if len(findings) > 1 else ""}')
+  for f in findings:
+    echo('  ' + doctor.format_finding(f).replace('\n', '\n  '))

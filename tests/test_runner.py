@@ -1,0 +1,202 @@
+"""The shared runner: declared members through the sweep engine, resumable, sharded,
+vectorized; defaults that explicit flags beat; a config.json that says what ran."""
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO, SMALL
+from fundamentals import rundir
+from fundamentals import runner
+from fundamentals import sweep
+from fundamentals.config import Config, Knobs, knob
+from test_train import Interrupted, interrupt_at
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings(Knobs):
+  lrs: tuple[float, ...] = knob((0.05, 0.2, 0.4), 'Learning rates.', group='tiny')
+
+  def validate(self):
+    if not self.lrs:
+      raise ValueError('tiny_lrs needs a value')
+
+
+def members(config, settings):
+  return {f'lr{lr:g}': {'lr': lr} for lr in settings.lrs}
+
+
+def analyze(context, member, fit):
+  return {'final_step': int(fit.state.step), 'lr': member.config.lr}
+
+
+def summarize(context, results):
+  rows = [[name, r.summary['final_train_loss']] for name, r in results.items()]
+  return runner.Summary('Tiny', 'A table:\n\n' + '\n'.join(map(str, rows)),
+                        values={'losses': {name: r.summary['final_train_loss']
+                                           for name, r in results.items()}})
+
+
+def check(context, results):
+  done = [r.status == 'completed' for r in results.values()]
+  return [runner.Check('every run completes', f'{sum(done)} of {len(done)}', all(done))]
+
+
+TINY = runner.Experiment(name='tiny', description='Three learning rates.',
+                         members=members, defaults={'hidden': (8,), 'steps': 6},
+                         settings=Settings, settings_prefix='tiny_', analyze=analyze,
+                         summarize=summarize, check=check)
+
+
+def base(tmp_path, data_dir, **overrides):
+  return TINY.configure({'dataset': SMALL, 'data_dir': data_dir, 'batch_size': 50,
+                         'log_every': 3, 'eval_every': 6, 'diagnostics_every': 0,
+                         'checkpoint_every': 0, 'workdir': str(tmp_path / 'tiny'),
+                         **overrides})
+
+
+def test_defaults_fill_only_what_is_not_given_and_config_json_is_what_ran(
+    tmp_path, data_dir, small_dataset):
+  assert TINY.configure().hidden == (8,) and TINY.configure().steps == 6
+  config = base(tmp_path, data_dir, hidden=(256, 256), steps=3)  # Config's defaults.
+  assert (config.hidden, config.steps, config.experiment) == ((256, 256), 3, 'tiny')
+  results = runner.run(TINY, config, dataset=small_dataset, echo=lambda line: None)
+  workdir = tmp_path / 'tiny'
+  assert Config.from_json((workdir / 'config.json').read_text()) == config
+  for m in results['members']:
+    ran = Config.from_json((workdir / m['name'] / 'config.json').read_text())
+    assert ran == dataclasses.replace(config, experiment='train', lr=m['settings']['lr'],
+                                      workdir=str(workdir / m['name']))
+    assert m['output'] == {'final_step': 3, 'lr': m['settings']['lr']}
+  assert results['passed'] and results['finished'] == results['of'] == 3
+  report = (workdir / 'report.md').read_text()
+  assert report.startswith('# Tiny\n\n## Check: passed\n') and 'A table:' in report
+  saved = json.loads((workdir / 'results.json').read_text())
+  assert saved['values'] == results['values'] and saved['settings'] == {
+      'lrs': [0.05, 0.2, 0.4]}
+
+
+def test_an_experiment_killed_midway_finishes_without_redoing_finished_members(
+    tmp_path, data_dir, small_dataset):
+  config = base(tmp_path, data_dir)
+  lines = []
+
+  def killed(line):
+    lines.append(line)
+    if line.startswith('[2/3]'):
+      raise Interrupted  # As kill -9 after the first member finished.
+
+  with pytest.raises(Interrupted):
+    runner.run(TINY, config, dataset=small_dataset, echo=killed)
+  first = tmp_path / 'tiny' / 'lr0.05'
+  done_before = (first / 'summary.json').read_text(), (first / 'analysis.json').read_text()
+  assert not (tmp_path / 'tiny' / 'lr0.2').exists()
+  lines.clear()
+  results = runner.run(TINY, config, dataset=small_dataset, echo=lines.append)
+  assert '[1/3] lr0.05: finished earlier, skipped' in lines
+  assert [line for line in lines if line.startswith('[')] == [
+      '[1/3] lr0.05: finished earlier, skipped', '[2/3] lr0.2', '[3/3] lr0.4']
+  assert ((first / 'summary.json').read_text(),
+          (first / 'analysis.json').read_text()) == done_before
+  assert results['finished'] == 3 and (tmp_path / 'tiny' / 'report.md').exists()
+  # A member whose analysis is missing (killed after training) is trained again.
+  (tmp_path / 'tiny' / 'lr0.4' / 'analysis.json').unlink()
+  lines.clear()
+  runner.run(TINY, config, dataset=small_dataset, echo=lines.append)
+  assert [line for line in lines if line.startswith('[')][-1] == '[3/3] lr0.4'
+
+
+def test_shards_run_disjoint_members_and_the_last_writes_the_report(
+    tmp_path, data_dir, small_dataset):
+  config = base(tmp_path, data_dir)
+  first = runner.run(TINY, config, dataset=small_dataset, shard=(0, 2), echo=lambda l: None)
+  assert first['finished'] == 2 and 'checks' not in first
+  assert not (tmp_path / 'tiny' / 'report.md').exists()
+  assert json.loads((tmp_path / 'tiny' / 'results.json').read_text())['finished'] == 2
+  second = runner.run(TINY, config, dataset=small_dataset, shard=(1, 2), echo=lambda l: None)
+  assert second['finished'] == 3 and second['passed']
+  assert (tmp_path / 'tiny' / 'report.md').exists()
+  again = runner.summarize(TINY, tmp_path / 'tiny', echo=lambda l: None)
+  assert again['values'] == second['values']
+
+
+def test_vectorized_members_match_sequential_ones(tmp_path, data_dir, small_dataset):
+  sequential = runner.run(TINY, base(tmp_path, data_dir), dataset=small_dataset,
+                          echo=lambda l: None)
+  lines = []
+  together = runner.run(TINY, base(tmp_path, data_dir, workdir=str(tmp_path / 'v')),
+                        dataset=small_dataset, vectorize=True, echo=lines.append)
+  assert any('3 members together' in line for line in lines)
+  for a, b in zip(sequential['values']['losses'].values(),
+                  together['values']['losses'].values()):
+    assert a == pytest.approx(b, rel=1e-4)
+  summary = json.loads((tmp_path / 'v' / 'lr0.2' / 'summary.json').read_text())
+  assert summary['vectorized_runs'] == 3
+
+
+def test_everything_is_checked_before_anything_is_written(tmp_path, data_dir,
+                                                          small_dataset):
+  with pytest.raises(ValueError, match=r'1 invalid sweep member\(s\): lr-1: lr=-1.0'):
+    runner.prepare(TINY, base(tmp_path, data_dir), settings=Settings(lrs=(0.1, -1.0)),
+                   dataset=small_dataset)
+  with pytest.raises(ValueError, match='batch_size=1000 exceeds'):
+    runner.prepare(TINY, base(tmp_path, data_dir, batch_size=1000), dataset=small_dataset)
+  with pytest.raises(ValueError, match='sweeps vary the train experiment'):
+    runner.prepare(TINY, base(tmp_path, data_dir), axes={'seed': [0, 1]},
+                   dataset=small_dataset)
+  assert not (tmp_path / 'tiny').exists()
+  (tmp_path / 'tiny').mkdir()
+  (tmp_path / 'tiny' / 'config.json').write_text('{}')  # A plain run is there.
+  with pytest.raises(FileExistsError, match='already holds a run'):
+    runner.prepare(TINY, base(tmp_path, data_dir), dataset=small_dataset)
+
+
+def test_manifest_records_the_experiment_and_refuses_another(tmp_path, data_dir,
+                                                             small_dataset):
+  config = base(tmp_path, data_dir, steps=3)
+  runner.run(TINY, config, dataset=small_dataset, settings=Settings(lrs=(0.1,)),
+             echo=lambda l: None)
+  manifest = sweep.read_manifest(tmp_path / 'tiny')
+  assert manifest['experiment'] == 'tiny' and manifest['settings'] == {'lrs': [0.1]}
+  with pytest.raises(FileExistsError, match='different sweep'):
+    runner.prepare(TINY, config, settings=Settings(lrs=(0.2,)), dataset=small_dataset)
+  with pytest.raises(FileExistsError, match='different sweep'):
+    runner.prepare(TINY, dataclasses.replace(config, seed=1),
+                   settings=Settings(lrs=(0.1,)), dataset=small_dataset)
+
+
+@pytest.mark.slow
+def test_a_lesson_killed_with_sigkill_resumes_its_unfinished_members(tmp_path, data_dir):
+  """launch.py as a user runs it: kill -9 once the first member finished, re-run."""
+  from test_launch import CACHE, launch  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / 'aug'
+  args = ['--experiment=augmentation', f'--dataset={SMALL}', f'--data_dir={data_dir}',
+          '--hidden=8', '--steps=600', '--batch_size=50', '--log_every=100',
+          '--eval_every=600', '--diagnostics_every=0', '--checkpoint_every=100',
+          f'--workdir={workdir}']
+  process = subprocess.Popen([sys.executable, str(REPO / 'launch.py'), *args], cwd=REPO,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env=dict(os.environ, FUNDAMENTALS_CACHE=CACHE))
+  deadline = time.time() + 180
+  while (not list(workdir.glob('augmented/checkpoint/*.json'))
+         and time.time() < deadline and process.poll() is None):
+    time.sleep(0.02)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  assert (workdir / 'none' / 'summary.json').exists()  # The first member finished,
+  assert not (workdir / 'augmented' / 'summary.json').exists()  # the second did not.
+  before = (workdir / 'none' / 'summary.json').read_text()
+  resumed = launch(*args)
+  assert resumed.returncode == 0, resumed.stderr
+  assert '[1/2] none: finished earlier, skipped' in resumed.stdout
+  assert 'resumed from the checkpoint at step' in resumed.stdout
+  assert (workdir / 'none' / 'summary.json').read_text() == before
+  results = json.loads((workdir / 'results.json').read_text())
+  assert results['finished'] == 2 and len(results['checks']) == 1
+  assert rundir.read_jsonl(workdir / 'augmented' / 'metrics.jsonl')[-1]['step'] == 600
