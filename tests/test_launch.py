@@ -1,5 +1,7 @@
 """launch.py end to end, as a user runs it: a subprocess with flags."""
 
+import contextlib
+import io
 import json
 import os
 import signal
@@ -24,6 +26,23 @@ def launch(*args, timeout=300):
   return subprocess.run([sys.executable, str(REPO / 'launch.py'), *args], cwd=REPO,
                         capture_output=True, text=True, timeout=timeout,
                         env=dict(os.environ, FUNDAMENTALS_CACHE=CACHE))
+
+
+def launch_here(*args) -> subprocess.CompletedProcess:
+  """launch.py's flag parsing and main in this process (no JAX start-up per case), for
+  the refusals that stop before any work; the same exit status and stderr."""
+  import launch as program  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  argv = ['launch.py', *args, '--compilation_cache=']
+  stderr, code = io.StringIO(), 0
+  flags.FLAGS.unparse_flags()
+  with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
+    try:
+      program.main(program.cli.parse_flags(argv))
+    except SystemExit as e:
+      code = e.code
+  flags.FLAGS.unparse_flags()
+  return subprocess.CompletedProcess(argv, code, '', stderr.getvalue())
 
 
 @pytest.mark.slow
@@ -72,7 +91,8 @@ def test_few_step_run_writes_files_and_learns(tmp_path, data_dir):
     ('--bn_unbiased_running_var', "needs bn_impl='ours'"),
 ])
 def test_bad_flags_exit_nonzero_with_a_message_before_any_work(flag, message, tmp_path):
-  result = launch(*flag.split(), f'--workdir={tmp_path / "never"}', '--data_dir=/nonexistent')
+  result = launch_here(*flag.split(), f'--workdir={tmp_path / "never"}',
+                       '--data_dir=/nonexistent')
   assert result.returncode == 2, result.stderr
   assert message in result.stderr
   assert len(result.stderr.strip().splitlines()) == 1, result.stderr  # One line.
@@ -95,7 +115,7 @@ def test_bad_flags_exit_nonzero_with_a_message_before_any_work(flag, message, tm
 ])
 def test_data_and_workdir_errors_are_one_line_and_write_nothing(make_args, message,
                                                                   tmp_path, data_dir):
-  result = launch(*make_args(tmp_path, data_dir), f'--workdir={tmp_path / "never"}')
+  result = launch_here(*make_args(tmp_path, data_dir), f'--workdir={tmp_path / "never"}')
   assert result.returncode == 2, result.stderr
   assert message in result.stderr and 'Traceback' not in result.stderr
   assert len(result.stderr.strip().splitlines()) == 1, result.stderr
@@ -107,13 +127,25 @@ def test_an_occupied_workdir_is_refused_in_one_line_and_left_as_it_was(tmp_path,
   occupied.mkdir()
   (occupied / 'config.json').write_text('{}')
   for extra in ([], ['--init=xavier,kaiming'], ['--experiment=augmentation']):
-    result = launch(f'--dataset={SMALL}', f'--data_dir={data_dir}', *extra,
-                    f'--workdir={occupied}')
+    result = launch_here(f'--dataset={SMALL}', f'--data_dir={data_dir}', *extra,
+                         f'--workdir={occupied}')
     assert result.returncode == 2 and 'already holds a run' in result.stderr, result.stderr
     assert sorted(p.name for p in occupied.iterdir()) == ['config.json']
   (tmp_path / 'file').write_text('x')
-  result = launch(f'--workdir={tmp_path / "file"}')
+  result = launch_here(f'--workdir={tmp_path / "file"}')
   assert result.returncode == 2 and 'is not a directory' in result.stderr
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--bogus'], "launch.py: error: Unknown command line flag 'bogus'"),
+    (['--lr=-1'], 'launch.py: error: lr=-1.0 must be a positive'),
+    (['--dataset=fruits30'], "launch.py: error: Unknown dataset 'fruits30'"),
+])
+def test_as_a_subprocess_a_user_error_is_one_line_and_exit_status_2(args, message,
+                                                                    tmp_path):
+  result = launch(*args, f'--workdir={tmp_path / "never"}')
+  assert result.returncode == 2 and result.stderr.strip().startswith(message), result.stderr
+  assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / 'never').exists()
 
 
 def test_helpfull_documents_every_flag():
