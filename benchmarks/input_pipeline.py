@@ -17,7 +17,6 @@ from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from fundamentals import data
 from fundamentals import models

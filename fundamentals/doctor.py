@@ -14,7 +14,6 @@ from a paper or a well-known practice.
 
 import dataclasses
 import json
-import math
 import pathlib
 import statistics
 from typing import Any, Callable

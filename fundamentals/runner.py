@@ -19,6 +19,7 @@ An experiment's ``defaults`` fill only the fields not given explicitly, and the
 """
 
 import dataclasses
+import functools
 import json
 import pathlib
 import time
@@ -94,9 +95,9 @@ class Result:
       return self.summary.get('status', 'unknown')
     return 'measured' if self.output is not None else 'pending'
 
-  @property
+  @functools.cached_property
   def records(self) -> list[dict[str, Any]]:
-    """The member's ``metrics.jsonl`` records (none for a measured member)."""
+    """The member's ``metrics.jsonl`` records (none for a measured member), read once."""
     path = pathlib.Path(self.config.workdir) / 'metrics.jsonl'
     return rundir.read_jsonl(path) if path.exists() else []
 
@@ -335,12 +336,11 @@ def finish(experiment: Experiment, context: Context, members: list[sweep.Member]
   content['values'] = summary.values
   member_seconds = sum((r.summary or {}).get('wall_time_s') or 0.0
                        for r in results.values())
-  runtime.on_main_process(lambda: _write_report(context, summary, checks,
-                                                seconds=seconds,
-                                                member_seconds=member_seconds,
-                                                content=content))
-  if experiment.members is not None and runtime.is_main_process():
-    echo((context.workdir / summary.report_name).read_text().rstrip())  # A lesson's.
+  text = runtime.on_main_process(lambda: _write_report(
+      context, summary, checks, seconds=seconds, member_seconds=member_seconds,
+      content=content))
+  if experiment.members is not None and text:  # A lesson's report is read at once.
+    echo(text.rstrip())
   written = [summary.report_name, *summary.figures, *summary.files, RESULTS]
   echo(f'{len(results)}/{len(results)} members finished; wrote {context.workdir}/'
        + ', '.join(written))
@@ -359,7 +359,8 @@ def check_section(checks: list[Check]) -> str:
 
 
 def _write_report(context: Context, summary: Summary, checks: list[Check], *,
-                  seconds: float, member_seconds: float, content: dict[str, Any]):
+                  seconds: float, member_seconds: float, content: dict[str, Any]) -> str:
+  """Writes the figures, files, report and ``results.json``; returns the report."""
   for name, fig in summary.figures.items():
     fig.savefig(context.workdir / name)  # At the figure's own dpi.
   for name, text in summary.files.items():
@@ -374,8 +375,10 @@ def _write_report(context: Context, summary: Summary, checks: list[Check], *,
                  f'{member_seconds:.0f} s in all. Reproduce: `python launch.py '
                  f'--experiment={context.config.experiment}` (`results.json` holds every '
                  'number).')
-  rundir.write_text(context.workdir / summary.report_name, '\n\n'.join(parts) + '\n')
+  text = '\n\n'.join(parts) + '\n'
+  rundir.write_text(context.workdir / summary.report_name, text)
   rundir.write_json(context.workdir / RESULTS, content)
+  return text
 
 
 def summarize(experiment: Experiment, workdir: str | pathlib.Path, *,

@@ -16,7 +16,7 @@ from fundamentals import rundir
 from fundamentals import runner
 from fundamentals import sweep
 from fundamentals.config import Config, Knobs, knob
-from test_train import Interrupted, interrupt_at
+from test_train import Interrupted
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,7 +7,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from scipy import special
 
 from conftest import SMALL
 from experiments import signal_propagation as experiment
