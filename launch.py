@@ -5,6 +5,7 @@ Examples:
   python launch.py --init=normal --activation=tanh --batchnorm=false
   python launch.py --experiment=list
   python launch.py --experiment=batchnorm            # a lesson: report.md, figures, check
+  python launch.py --experiment=all --workdir=runs/library   # every lesson and paper, an index
   python launch.py --init=normal,xavier,kaiming --activation=tanh,relu --seed=0,1 \
       --workdir=runs/grid                            # a sweep: 12 runs, resumable
 
@@ -20,6 +21,7 @@ from absl import logging as absl_logging
 
 import experiments
 from fundamentals import cli
+from fundamentals import library
 from fundamentals import runner
 from fundamentals import runtime
 from fundamentals.config import Config
@@ -45,14 +47,15 @@ def main(argv):
     if name == 'list':
       print(experiments.describe())
       return
-    experiment = experiments.get_experiment(name)
+    chosen = (experiments.LIBRARY if name == 'all'
+              else {name: experiments.get_experiment(name)})
     for other in experiments.EXPERIMENTS.values():
       stray = (cli.given(other.settings, prefix=other.settings_prefix)
-               if other is not experiment and other.settings is not None else [])
+               if other.name not in chosen and other.settings is not None else [])
       if stray:
         raise ValueError(f'{", ".join(stray)} apply to --experiment={other.name} only')
-    settings = (cli.build(experiment.settings, prefix=experiment.settings_prefix)
-                if experiment.settings is not None else None)
+    settings = {n: cli.explicit(e.settings, prefix=e.settings_prefix)
+                for n, e in chosen.items() if e.settings is not None}
     options, devices = cli.build(runner.Options), cli.build(runtime.Options)
     runtime.configure(devices)
     # JAX logs at INFO each accelerator backend it fails to find, TFDS each dataset it
@@ -60,8 +63,13 @@ def main(argv):
     logging.getLogger('jax._src.xla_bridge').setLevel(logging.WARNING)
     if not FLAGS['verbosity'].present:
       absl_logging.set_verbosity(absl_logging.WARNING)
-    work = runner.plan(experiment, overrides, axes=axes, settings=settings,
-                       options=options, experiments=experiments.EXPERIMENTS)
+    if name == 'all':
+      if axes:
+        raise ValueError(f'--experiment=all takes single values; {sorted(axes)} have several')
+      work = library.plan_all(chosen, overrides, settings=settings, options=options)
+    else:
+      work = runner.plan(chosen[name], overrides, axes=axes, settings=settings.get(name),
+                         options=options, experiments=experiments.EXPERIMENTS)
   work()
 
 

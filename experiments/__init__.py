@@ -2,6 +2,8 @@
 
 Each module declares which runs it needs, how it summarizes them and what it checks
 (``fundamentals.runner``); none copies the training loop or runs its members itself.
+``LIBRARY`` is what ``--experiment=all`` runs, in the course's order: the lessons,
+then the papers reproduced.
 """
 
 from experiments import augmentation
@@ -11,10 +13,27 @@ from experiments import signal_propagation
 from experiments import train
 from fundamentals import runner
 
+MODULES = (
+    augmentation,
+    backprop,
+    batchnorm,
+    signal_propagation,
+    train,
+)
+
 EXPERIMENTS: dict[str, runner.Experiment] = {
-    module.EXPERIMENT.name: module.EXPERIMENT
-    for module in (augmentation, backprop, batchnorm, signal_propagation, train)
-}
+    module.EXPERIMENT.name: module.EXPERIMENT for module in MODULES}
+
+COURSE_ORDER = ('loss_init', 'signal_propagation', 'backprop', 'batchnorm',
+                'lr_schedules', 'lr_range_test', 'init_activation', 'augmentation',
+                'deep_relu', 'glorot_saturation', 'batchnorm_ioffe', 'edge_of_chaos',
+                'orthogonal_depth', 'lsuv')
+
+LIBRARY: dict[str, runner.Experiment] = {
+    name: EXPERIMENTS[name]
+    for name in sorted(set(EXPERIMENTS) - {'train'},
+                       key=lambda n: (COURSE_ORDER.index(n) if n in COURSE_ORDER
+                                      else len(COURSE_ORDER), n))}
 
 
 def get_experiment(name: str) -> runner.Experiment:
@@ -22,10 +41,18 @@ def get_experiment(name: str) -> runner.Experiment:
   try:
     return EXPERIMENTS[name]
   except KeyError:
-    raise ValueError(f'Unknown experiment {name!r}; valid: list, '
+    raise ValueError(f'Unknown experiment {name!r}; valid: list, all, '
                      f'{", ".join(sorted(EXPERIMENTS))}') from None
 
 
 def describe() -> str:
-  """One line per experiment: its name and description."""
-  return '\n'.join(f'{name:<20} {e.description}' for name, e in sorted(EXPERIMENTS.items()))
+  """One line per experiment: its name, its purpose and the paper it reproduces;
+  the library's order, then ``train``."""
+  lines = []
+  for name, e in [*LIBRARY.items(), ('train', EXPERIMENTS['train'])]:
+    lines.append(f'{name:<20} {e.description}')
+    if e.paper:
+      lines.append(f'{"":<20}   reproduces: {e.paper}')
+  lines.append(f'{"all":<20} Every experiment above but train, at one --scale, into one '
+               'directory with an index report.md.')
+  return '\n'.join(lines)

@@ -80,12 +80,19 @@ def given(cls, *, prefix: str = '', flag_values: flags.FlagValues = FLAGS) -> li
           if flag_values[prefix + f.name].present]
 
 
-def build(cls, *, prefix: str = '', flag_values: flags.FlagValues = FLAGS):
-  """``cls`` from its flags (one value each); raises ValueError on a bad one."""
-  explicit, axes = values(cls, prefix=prefix, flag_values=flag_values)
+def explicit(cls, *, prefix: str = '', flag_values: flags.FlagValues = FLAGS
+             ) -> dict[str, Any]:
+  """The fields of ``cls`` given on the command line (one value each), parsed;
+  raises ValueError on a bad one."""
+  given_values, axes = values(cls, prefix=prefix, flag_values=flag_values)
   if axes:
     raise ValueError(f'{", ".join(f"--{prefix}{k}" for k in axes)} take one value')
-  return cls(**explicit)
+  return given_values
+
+
+def build(cls, *, prefix: str = '', flag_values: flags.FlagValues = FLAGS):
+  """``cls`` from its flags (one value each); raises ValueError on a bad one."""
+  return cls(**explicit(cls, prefix=prefix, flag_values=flag_values))
 
 
 def parse_flags(argv: list[str]) -> list[str]:

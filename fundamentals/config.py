@@ -20,7 +20,8 @@ GROUPS = ('data', 'model', 'optimization', 'run', 'sweep', 'devices')
 
 def knob(default: Any, help: str, *, group: str, sweep: bool = False,  # pylint: disable=redefined-builtin
          per_run: bool = False,
-         choices: Callable[[], Sequence[str]] | None = None) -> Any:
+         choices: Callable[[], Sequence[str]] | None = None,
+         words: Sequence[str] = ()) -> Any:
   """A dataclass field that describes itself.
 
   Args:
@@ -33,10 +34,12 @@ def knob(default: Any, help: str, *, group: str, sweep: bool = False,  # pylint:
       can train together (``--vectorize``).
     choices: the valid names, for the help text (validation stays with the
       registries).
+    words: words a flag may give instead of a value (``--lr=auto``), read as
+      themselves; whoever launches resolves them before the dataclass is built.
   """
   return dataclasses.field(default=default, metadata={
       'help': help, 'group': group, 'sweep': sweep, 'per_run': per_run,
-      'choices': choices})
+      'choices': choices, 'words': tuple(words)})
 
 
 def _names(module: str, registry: str) -> Callable[[], list[str]]:
@@ -115,6 +118,14 @@ class Config(Knobs):
   output_scale: float = knob(
       0.1, 'Factor on the output kernel at init (0.01-0.1 keeps the initial loss near '
       'ln N; 1 shows overconfident logits).', group='model', sweep=True, per_run=True)
+  init_gain: float = knob(
+      0.0, 'Gain g on the hidden-kernel initializer (LeCun with gain g: N(0, g²/fan_in), '
+      'σ_w² = g²); 0: the scheme\'s own (the activation\'s for Kaiming/orthogonal, 1 '
+      'for LeCun/Xavier).', group='model', sweep=True, per_run=True)
+  bias_std: float = knob(
+      0.0, 'Std σ_b of the hidden biases at init, N(0, σ_b²) (mean-field theory\'s '
+      'σ_b); 0: zeros. Needs --batchnorm=false (before BN a Dense has no bias).',
+      group='model', sweep=True, per_run=True)
   batchnorm: bool = knob(True, 'BatchNorm after each hidden Dense (which then has no '
                          'bias): true/false.', group='model', sweep=True)
   bn_momentum: float = knob(0.9, 'alpha of the BN running averages mu <- alpha*mu + '
@@ -134,8 +145,9 @@ class Config(Knobs):
                         'hand-written backward pass and update (fundamentals/'
                         'backprop.py).', group='optimization', sweep=True,
                         choices=_names('optimizers', 'OPTIMIZERS'))
-  lr: float = knob(0.05, 'Peak learning rate.', group='optimization', sweep=True,
-                   per_run=True)
+  lr: float = knob(0.05, 'Peak learning rate; "auto": the suggestion of the lr range '
+                   'test (Smith, 2017; --experiment=lr_range_test) on this config.',
+                   group='optimization', sweep=True, per_run=True, words=('auto',))
   momentum: float = knob(0.9, 'SGD momentum (0 for plain SGD).', group='optimization',
                          sweep=True, per_run=True)
   schedule: str = knob('cosine', 'Learning-rate schedule.', group='optimization',
@@ -212,8 +224,25 @@ def validate(config: Config):
   for name in ('steps', 'batch_size', 'log_every', 'eval_every'):
     if getattr(config, name) < 1:
       raise ValueError(f'{name}={getattr(config, name)} must be positive')
-  if not (math.isfinite(config.lr) and config.lr > 0):
+  if config.lr == 'auto':
+    raise ValueError('lr=\'auto\' is resolved by the launcher (runner.plan runs the lr '
+                     'range test, fundamentals.lr_finder); a Config needs a number')
+  if not (isinstance(config.lr, (int, float)) and math.isfinite(config.lr)
+          and config.lr > 0):
     raise ValueError(f'lr={config.lr} must be a positive finite number')
+  for name in ('init_gain', 'bias_std'):
+    if not (math.isfinite(getattr(config, name)) and getattr(config, name) >= 0):
+      raise ValueError(f'{name}={getattr(config, name)} must be finite and >= 0')
+  if config.init_gain:
+    scheme = initializers.get_scheme(initializers.DATA_DEPENDENT.get(config.init,
+                                                                     config.init))
+    if scheme.gain is None:
+      raise ValueError(f'init_gain={config.init_gain}: init={config.init!r} takes no '
+                       'gain; gain-aware inits: lecun, xavier, kaiming, orthogonal (and '
+                       'their variants)')
+  if config.bias_std and config.batchnorm:
+    raise ValueError(f'bias_std={config.bias_std} needs batchnorm=False (a Dense '
+                     'before BatchNorm has no bias)')
   if not (math.isfinite(config.output_scale) and config.output_scale >= 0):
     raise ValueError(f'output_scale={config.output_scale} must be finite and >= 0')
   optimizers.get_optimizer(config.optimizer)
@@ -259,6 +288,8 @@ def parse_value(field: dataclasses.Field, text: str) -> Any:
   read the empty text as None.
   """
   kind = _element_type(field.type)
+  if text in field.metadata.get('words', ()):
+    return text
   if _is_optional(kind):
     return text or None
   try:

@@ -15,7 +15,10 @@ measured one with ``measure``), each in its own sub-directory with its outputs, 
 killed experiment re-run with the same flags skips what finished; and once every
 member of every shard is there, writes ``results.json``, the report and its figures.
 An experiment's ``defaults`` fill only the fields not given explicitly, and the
-``config.json`` it writes is the config that ran.
+``config.json`` it writes is the config that ran. Its ``scales`` are further defaults
+by name (``--scale``): ``default`` is the lesson sized for a laptop (minutes),
+``full`` the paper-sized setup, ``tiny`` a smoke test of seconds whose checks are
+computed but not meaningful; explicit flags win over any scale.
 """
 
 import dataclasses
@@ -52,6 +55,18 @@ class Check:
 
 
 @dataclasses.dataclass(frozen=True)
+class Scale:
+  """An experiment's size by name: Config values and settings values that replace
+  its defaults (explicit flags still win)."""
+  config: dict[str, Any] = dataclasses.field(default_factory=dict)
+  settings: dict[str, Any] = dataclasses.field(default_factory=dict)
+  description: str = ''
+
+
+SCALES = ('tiny', 'default', 'full')
+
+
+@dataclasses.dataclass(frozen=True)
 class Summary:
   """An experiment's report: a title and Markdown body, figures by file name, other
   files by name (e.g. a CSV), and numbers for ``results.json``."""
@@ -72,6 +87,7 @@ class Context:
   settings: Any
   workdir: pathlib.Path
   loaded: data_lib.Dataset | None = None
+  scale: str = 'default'
 
   @property
   def dataset(self) -> data_lib.Dataset:
@@ -122,6 +138,10 @@ class Experiment:
     summarize: ``summarize(context, results) -> Summary``, results by member name.
     check: ``check(context, results) -> list[Check]``.
     verbose: show each member's own output (else one line per member).
+    paper: the result it reproduces (authors, year, figure), for ``--experiment=list``
+      and the report; empty for a lesson of the course.
+    scales: ``{'tiny' | 'full': Scale}``, values replacing ``defaults`` and the
+      settings' defaults at that scale (module docstring); ``default`` is none.
   """
   name: str
   description: str
@@ -134,13 +154,36 @@ class Experiment:
   summarize: Callable[[Context, dict[str, Result]], Summary] | None = None
   check: Callable[[Context, dict[str, Result]], list[Check]] | None = None
   verbose: bool = False
+  paper: str = ''
+  scales: dict[str, Scale] = dataclasses.field(default_factory=dict)
 
-  def configure(self, overrides: dict[str, Any] | None = None) -> Config:
-    """The base config: this experiment's defaults, then the explicit ``overrides``."""
-    return Config(**{**self.defaults, **(overrides or {}), 'experiment': self.name})
+  def scale(self, name: str) -> Scale:
+    """The scale ``name``; raises ValueError naming the ones this experiment has."""
+    if name == 'default':
+      return Scale()
+    if name not in self.scales:
+      have = ['default', *sorted(self.scales)]
+      raise ValueError(f'--scale={name}: --experiment={self.name} has the scales '
+                       f'{", ".join(have)}' + ('' if name in SCALES else
+                                               f' (scales: {", ".join(SCALES)})'))
+    return self.scales[name]
 
-  def default_settings(self):
-    return self.settings() if self.settings is not None else None
+  def configure(self, overrides: dict[str, Any] | None = None, *,
+                scale: str = 'default') -> Config:
+    """The base config: this experiment's defaults, those of ``scale``, then the
+    explicit ``overrides``."""
+    return Config(**{**self.defaults, **self.scale(scale).config, **(overrides or {}),
+                     'experiment': self.name})
+
+  def default_settings(self, overrides: dict[str, Any] | None = None, *,
+                       scale: str = 'default'):
+    """Its settings: their defaults, those of ``scale``, then ``overrides``."""
+    if self.settings is None:
+      if overrides:
+        raise ValueError(f'--experiment={self.name} has no settings; got {sorted(overrides)}')
+      return None
+    return config_lib.build(self.settings, {**self.scale(scale).settings,
+                                            **(overrides or {})})
 
 
 def render(module_file: str, **values) -> str:
@@ -155,7 +198,8 @@ def settings_dict(settings) -> dict[str, Any]:
 
 def prepare(experiment: Experiment, config: Config, *, settings=None,
             axes: dict[str, list[Any]] | None = None,
-            dataset: data_lib.Dataset | None = None, overwrite: bool = False
+            dataset: data_lib.Dataset | None = None, overwrite: bool = False,
+            scale: str = 'default'
             ) -> tuple[Context, list[sweep.Member], dict[str, Any]]:
   """Everything checked before anything is written: the members' configs, the data
   (each member's batches fit), the directory. Returns the context, the members and
@@ -163,7 +207,8 @@ def prepare(experiment: Experiment, config: Config, *, settings=None,
   if axes and experiment.members is not None:
     raise ValueError(f'sweeps vary the train experiment; --experiment={experiment.name} '
                      f'takes single values, but {sorted(axes)} have several')
-  settings = settings if settings is not None else experiment.default_settings()
+  settings = (settings if settings is not None
+              else experiment.default_settings(scale=scale))
   workdir = pathlib.Path(config.workdir or rundir.default_path(experiment.name))
   config = dataclasses.replace(config, experiment=experiment.name, workdir=str(workdir))
   if experiment.members is None:
@@ -171,24 +216,25 @@ def prepare(experiment: Experiment, config: Config, *, settings=None,
   else:
     members = sweep.named(config, experiment.members(config, settings), workdir=workdir)
   manifest = sweep.manifest(config, members, experiment=experiment.name, axes=axes,
-                            settings=settings_dict(settings))
+                            settings=settings_dict(settings), scale=scale)
   if workdir.exists() and not workdir.is_dir():
     raise FileExistsError(f'--workdir={workdir} exists and is not a directory')
   sweep.check_manifest(workdir, manifest, overwrite=overwrite)
   dataset = dataset if dataset is not None else data_lib.load_configured(config)
   for member in members:
     train.check_fits(member.config, dataset)
-  return Context(config, settings, workdir, dataset), members, manifest
+  return Context(config, settings, workdir, dataset, scale), members, manifest
 
 
 def run(experiment: Experiment, config: Config, *, settings=None,
         axes: dict[str, list[Any]] | None = None,
         dataset: data_lib.Dataset | None = None, shard: tuple[int, int] = (0, 1),
-        vectorize: bool = False, overwrite: bool = False,
+        vectorize: bool = False, overwrite: bool = False, scale: str = 'default',
         echo: Callable[[str], Any] = print) -> dict[str, Any]:
-  """Runs ``experiment`` (module docstring); returns its ``results.json`` content."""
+  """Runs ``experiment`` (module docstring); returns its ``results.json`` content.
+  ``config`` and ``settings`` are as run (``scale`` only names them in the report)."""
   prepared = prepare(experiment, config, settings=settings, axes=axes, dataset=dataset,
-                     overwrite=overwrite)
+                     overwrite=overwrite, scale=scale)
   return execute(experiment, *prepared, shard=shard, vectorize=vectorize,
                  overwrite=overwrite, echo=echo)
 
@@ -310,6 +356,8 @@ def finish(experiment: Experiment, context: Context, members: list[sweep.Member]
   content = {
       'experiment': experiment.name,
       'description': experiment.description,
+      'paper': experiment.paper,
+      'scale': context.scale,
       'config': context.config.to_dict(),
       'settings': settings_dict(context.settings),
       'finished': len(results) - len(missing),
@@ -371,10 +419,11 @@ def _write_report(context: Context, summary: Summary, checks: list[Check], *,
   if summary.text:
     parts.append(summary.text.strip('\n'))
   if summary.report_name == 'report.md':
-    parts.append(f'Time: {seconds:.0f} s this invocation; the members\' runs '
-                 f'{member_seconds:.0f} s in all. Reproduce: `python launch.py '
-                 f'--experiment={context.config.experiment}` (`results.json` holds every '
-                 'number).')
+    scale = '' if context.scale == 'default' else f' --scale={context.scale}'
+    parts.append(f'Scale: {context.scale}. Time: {seconds:.0f} s this invocation; the '
+                 f'members\' runs {member_seconds:.0f} s in all. Reproduce: `python '
+                 f'launch.py --experiment={context.config.experiment}{scale}` '
+                 '(`results.json` holds every number).')
   text = '\n\n'.join(parts) + '\n'
   rundir.write_text(context.workdir / summary.report_name, text)
   rundir.write_json(context.workdir / RESULTS, content)
@@ -390,7 +439,8 @@ def summarize(experiment: Experiment, workdir: str | pathlib.Path, *,
   settings = (config_lib.build(experiment.settings, manifest.get('settings', {}))
               if experiment.settings is not None else None)
   members = sweep.from_manifest(manifest, workdir=workdir)
-  context = Context(base, settings, pathlib.Path(workdir))
+  context = Context(base, settings, pathlib.Path(workdir),
+                    scale=manifest.get('scale', 'default'))
   return finish(experiment, context, members, seconds=0.0, echo=echo)
 
 
@@ -410,9 +460,15 @@ class Options(Knobs):
                          'init/scale, lr or momentum together, vmapped in one jitted '
                          'program (members of one structure share one compilation either '
                          'way).', group='sweep')
+  scale: str = knob('default', 'Size of an experiment: default (minutes on a laptop '
+                    'CPU), full (the paper-sized setup), tiny (seconds; a smoke test '
+                    'whose checks are not meaningful). Explicit flags win over it.',
+                    group='run', choices=lambda: list(SCALES))
 
   def validate(self):
     sweep.parse_shard(self.sweep_shard)
+    if self.scale not in SCALES:
+      raise ValueError(f'--scale={self.scale}: must be one of {", ".join(SCALES)}')
 
   @property
   def shard(self) -> tuple[int, int]:
@@ -420,7 +476,8 @@ class Options(Knobs):
 
 
 def plan(experiment: Experiment, overrides: dict[str, Any], *,
-         axes: dict[str, list[Any]] | None = None, settings=None,
+         axes: dict[str, list[Any]] | None = None,
+         settings: dict[str, Any] | None = None,
          options: Options = Options(), experiments: dict[str, Experiment] | None = None,
          echo: Callable[[str], Any] = print) -> Callable[[], Any]:
   """Checks everything a launch needs (configs, data, directory, what to resume)
@@ -432,13 +489,14 @@ def plan(experiment: Experiment, overrides: dict[str, Any], *,
     overrides: the Config fields given explicitly (they win over the experiment's
       defaults).
     axes: the sweep axes (several values of a flag).
-    settings: the experiment's settings (default: its defaults).
-    options: how to run it.
+    settings: the experiment's settings given explicitly (they win over its scale's
+      and its own defaults).
+    options: how to run it (``options.scale``: which defaults).
     experiments: the registry, for ``--summarize`` (which reads the experiment's
       name from the directory).
   """
-  config = experiment.configure(overrides)
   if options.summarize:
+    config = experiment.configure({k: v for k, v in overrides.items() if k != 'lr'})
     if not config.workdir:
       raise ValueError('--summarize needs the --workdir of a sweep or experiment')
     name = sweep.read_manifest(config.workdir).get('experiment', 'train')
@@ -447,19 +505,44 @@ def plan(experiment: Experiment, overrides: dict[str, Any], *,
       raise ValueError(f'{config.workdir} holds the experiment {name!r}, which this '
                        'version does not know')
     return lambda: summarize(chosen, config.workdir, echo=echo)
+  built_settings = experiment.default_settings(settings, scale=options.scale)
+  config, dataset = resolve_auto_lr(experiment, overrides, axes=axes, scale=options.scale,
+                                    echo=echo)
   if experiment.members is None and not axes:
-    return _plan_single(config, options, echo=echo)
+    return _plan_single(config, options, dataset=dataset, echo=echo)
   if options.resume:
     raise ValueError('--resume goes on with one training run; sweeps and experiments '
                      'resume by re-running the same command with the same --workdir')
-  prepared = prepare(experiment, config, settings=settings, axes=axes,
-                     overwrite=options.overwrite)
+  prepared = prepare(experiment, config, settings=built_settings, axes=axes,
+                     overwrite=options.overwrite, dataset=dataset, scale=options.scale)
   return lambda: execute(experiment, *prepared, shard=options.shard,
                          vectorize=options.vectorize, overwrite=options.overwrite,
                          echo=echo)
 
 
-def _plan_single(config: Config, options: Options, *, echo) -> Callable[[], Any]:
+def resolve_auto_lr(experiment: Experiment, overrides: dict[str, Any], *,
+                    axes: dict[str, list[Any]] | None = None, scale: str = 'default',
+                    echo: Callable[[str], Any] = print
+                    ) -> tuple[Config, data_lib.Dataset | None]:
+  """The base config, with ``--lr=auto`` replaced by the lr range test's suggestion
+  for it (``lr_finder.suggest``: the model as configured, from its own init, which
+  the run then starts from afresh). Returns the config and the dataset the test
+  loaded (None if it ran no test)."""
+  if overrides.get('lr') != 'auto' and 'auto' not in (axes or {}).get('lr', ()):
+    return experiment.configure(overrides, scale=scale), None
+  if 'lr' in (axes or {}):
+    raise ValueError('--lr=auto takes one value (the suggestion for the base config)')
+  from fundamentals import lr_finder  # pylint: disable=g-import-not-at-top
+  probe = experiment.configure({k: v for k, v in overrides.items() if k != 'lr'},
+                               scale=scale)
+  dataset = data_lib.load_configured(probe)
+  lr, how = lr_finder.suggest(probe, dataset)
+  echo(f'--lr=auto: {lr:.4g} ({how})')
+  return experiment.configure({**overrides, 'lr': lr}, scale=scale), dataset
+
+
+def _plan_single(config: Config, options: Options, *,
+                 dataset: data_lib.Dataset | None = None, echo) -> Callable[[], Any]:
   """One training run in ``--workdir`` itself, checked before anything is written."""
   if options.vectorize:
     echo('launch.py: --vectorize trains sweep members together; with one value per '
@@ -475,7 +558,7 @@ def _plan_single(config: Config, options: Options, *, echo) -> Callable[[], Any]
     config = dataclasses.replace(
         config, workdir=config.workdir or rundir.default_path(config.experiment))
     rundir.check_available(config.workdir, overwrite=options.overwrite)
-  dataset = data_lib.load_configured(config)
+  dataset = dataset if dataset is not None else data_lib.load_configured(config)
   train.check_fits(config, dataset)
   return lambda: train.train(config, dataset=dataset, overwrite=options.overwrite,
                              resume=options.resume, echo=echo)

@@ -135,11 +135,12 @@ def is_finished(member: Member) -> bool:
 
 def manifest(base: Config, members: list[Member], *, experiment: str = 'train',
              axes: dict[str, list[Any]] | None = None,
-             settings: dict[str, Any] | None = None) -> dict[str, Any]:
-  """What ``sweep.json`` records: the experiment, its base config and settings, the
-  grid's axes and every member's name and settings."""
-  return {'experiment': experiment, 'base': base.to_dict(), 'axes': axes or {},
-          'settings': settings or {},
+             settings: dict[str, Any] | None = None,
+             scale: str = 'default') -> dict[str, Any]:
+  """What ``sweep.json`` records: the experiment, its scale, base config and
+  settings, the grid's axes and every member's name and settings."""
+  return {'experiment': experiment, 'scale': scale, 'base': base.to_dict(),
+          'axes': axes or {}, 'settings': settings or {},
           'members': [{'name': m.name, 'settings': m.settings} for m in members]}
 
 
@@ -159,6 +160,7 @@ def check_manifest(workdir: pathlib.Path, new: dict[str, Any], *, overwrite: boo
     raise FileExistsError(f'{path} is damaged ({e}); use another --workdir or pass '
                           '--overwrite') from None
   same = (old.get('experiment', 'train') == new['experiment']
+          and old.get('scale', 'default') == new.get('scale', 'default')
           and old['axes'] == json.loads(json.dumps(new['axes']))
           and old.get('settings', {}) == json.loads(json.dumps(new['settings']))
           and [m['name'] for m in old['members']] == [m['name'] for m in new['members']]

@@ -164,8 +164,11 @@ def test_helpfull_documents_every_flag():
 def test_experiment_list():
   result = launch('--experiment=list')
   assert result.returncode == 0
-  listed = [line.split()[0] for line in result.stdout.splitlines()]
-  assert listed == sorted(experiments.EXPERIMENTS)
+  listed = [line.split()[0] for line in result.stdout.splitlines()
+             if not line.startswith(' ')]
+  assert sorted(listed) == sorted([*experiments.EXPERIMENTS, 'all'])
+  for e in experiments.EXPERIMENTS.values():  # Each paper is named under its experiment.
+    assert not e.paper or f'reproduces: {e.paper}' in result.stdout
 
 
 @pytest.mark.slow
