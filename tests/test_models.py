@@ -199,3 +199,23 @@ def test_create_model_is_the_config_made_concrete():
                     rngs=nnx.Rngs(params=jax.random.key(0)))
   for a, b in zip(jax.tree.leaves(nnx.state(model)), jax.tree.leaves(nnx.state(same))):
     np.testing.assert_array_equal(a, b)
+
+
+def test_init_gain_scales_the_hidden_kernels_and_bias_std_draws_the_biases():
+  # LeCun with gain g is N(0, g²/fan_in): σ_w² = g² in mean-field terms.
+  model = models.MLP(2000, (500, 500), 3, activation='tanh', init='lecun', init_gain=1.5,
+                     bias_std=0.3, batchnorm=False, rngs=nnx.Rngs(params=0))
+  for dense in model.dense:
+    fan_in = dense.kernel.shape[0]
+    assert float(dense.kernel[...].var()) == pytest.approx(2.25 / fan_in, rel=0.03)
+    # The std of 500 normal draws has a relative standard error of 1/sqrt(2·500) ≈ 3%.
+    assert float(dense.bias[...].std()) == pytest.approx(0.3, rel=0.15)
+  reference = models.MLP(2000, (500, 500), 3, activation='tanh', init='lecun',
+                         batchnorm=False, rngs=nnx.Rngs(params=0))
+  assert not np.any(reference.dense[0].bias[...])
+  # The gain multiplies the same draw; the output layer keeps its own init.
+  np.testing.assert_allclose(model.dense[0].kernel[...],
+                             1.5 * reference.dense[0].kernel[...], rtol=1e-6)
+  np.testing.assert_array_equal(model.output.kernel[...], reference.output.kernel[...])
+  with pytest.raises(ValueError, match='bias_std=0.3 needs batchnorm=False'):
+    models.MLP(12, (8,), 3, bias_std=0.3, batchnorm=True, rngs=nnx.Rngs(params=0))

@@ -51,7 +51,10 @@ def check(context, results):
 TINY = runner.Experiment(name='tiny', description='Three learning rates.',
                          members=members, defaults={'hidden': (8,), 'steps': 6},
                          settings=Settings, settings_prefix='tiny_', analyze=analyze,
-                         summarize=summarize, check=check)
+                         summarize=summarize, check=check, scales={
+                             'tiny': runner.Scale(config={'steps': 3},
+                                                  settings={'lrs': (0.1,)}),
+                             'full': runner.Scale(config={'steps': 9, 'hidden': (16,)})})
 
 
 def base(tmp_path, data_dir, **overrides):
@@ -200,3 +203,45 @@ def test_a_lesson_killed_with_sigkill_resumes_its_unfinished_members(tmp_path, d
   results = json.loads((workdir / 'results.json').read_text())
   assert results['finished'] == 2 and len(results['checks']) == 1
   assert rundir.read_jsonl(workdir / 'augmented' / 'metrics.jsonl')[-1]['step'] == 600
+
+
+def test_a_scale_replaces_defaults_and_explicit_values_win_over_it(tmp_path, data_dir,
+                                                                   small_dataset):
+  assert TINY.configure(scale='full').steps == 9 and TINY.configure().steps == 6
+  assert TINY.configure({'steps': 4}, scale='full').steps == 4  # Explicit wins.
+  assert TINY.configure(scale='full').hidden == (16,)
+  assert TINY.default_settings(scale='tiny').lrs == (0.1,)
+  assert TINY.default_settings({'lrs': (0.3,)}, scale='tiny').lrs == (0.3,)
+  assert TINY.default_settings().lrs == (0.05, 0.2, 0.4)
+  with pytest.raises(ValueError, match='--experiment=tiny has the scales default, full, tiny'):
+    TINY.configure(scale='huge')
+  other = runner.Experiment(name='plain', description='No scales.')
+  with pytest.raises(ValueError, match='has the scales default$'):
+    other.configure(scale='full')
+  with pytest.raises(ValueError, match='--scale=huge: must be one of tiny, default, full'):
+    runner.Options(scale='huge')
+  # The scale is recorded, named in the report, and a directory of another scale refused.
+  config = dataclasses.replace(TINY.configure(base(tmp_path, data_dir).to_dict()
+                                              | {'steps': 3}, scale='tiny'))
+  results = runner.run(TINY, config, settings=TINY.default_settings(scale='tiny'),
+                       dataset=small_dataset, scale='tiny', echo=lambda l: None)
+  assert results['scale'] == 'tiny' and [m['name'] for m in results['members']] == ['lr0.1']
+  report = (tmp_path / 'tiny' / 'report.md').read_text()
+  assert 'Scale: tiny.' in report and '--experiment=tiny --scale=tiny`' in report
+  with pytest.raises(FileExistsError, match='holds a different sweep'):
+    runner.prepare(TINY, config, settings=TINY.default_settings(scale='tiny'),
+                   dataset=small_dataset, scale='default')
+
+
+def test_plan_builds_settings_from_the_scale_under_explicit_ones(tmp_path, data_dir,
+                                                                 small_dataset):
+  overrides = {k: v for k, v in base(tmp_path, data_dir).to_dict().items()
+               if k in ('dataset', 'data_dir', 'batch_size', 'log_every', 'eval_every',
+                        'diagnostics_every', 'checkpoint_every', 'workdir')}
+  work = runner.plan(TINY, overrides, settings={'lrs': (0.2,)},
+                     options=runner.Options(scale='tiny'), echo=lambda l: None)
+  results = work()
+  assert [m['name'] for m in results['members']] == ['lr0.2']
+  assert results['config']['steps'] == 3 and results['settings'] == {'lrs': (0.2,)}
+  with pytest.raises(ValueError, match='--lr=auto takes one value'):
+    runner.plan(TINY, {**overrides, 'lr': 'auto'}, axes={'lr': ['auto', 0.1]})
