@@ -7,6 +7,9 @@ step's own batch, gradients and update:
 - per hidden layer: activation mean and std, pre-activation std, the saturated
   fraction (tanh, sigmoid, SELU) or dead fraction (ReLU, leaky ReLU), and the std of
   ∂L/∂activation;
+- per hidden layer, percentiles (:func:`layer_percentiles`): the 2nd and 98th of
+  its activations (Glorot & Bengio, 2010, fig. 2–3) and the 15th, 50th and 85th of
+  its first unit's pre-activation over the batch (Ioffe & Szegedy, 2015, fig. 1);
 - per weight matrix: weight std, gradient std, gradient:data ratio and the
   update:data ratio of the update the optimizer actually applied;
 - global: gradient norm and parameter norm;
@@ -36,6 +39,14 @@ SAMPLE_SIZE = 4096
 
 UPDATE_RATIO_FLOOR = 1e-20
 """std(Δw)/std(w) is floored here before log10, so a zero update stays finite (−20)."""
+
+ACTIVATION_PERCENTILES = (2, 98)
+"""Percentiles of a layer's activations (all examples × units): the band Glorot &
+Bengio (2010) shade around the mean in fig. 2–3."""
+
+UNIT_PERCENTILES = (15, 50, 85)
+"""Percentiles over the batch of one unit's pre-activation: Ioffe & Szegedy (2015),
+fig. 1(b, c)."""
 
 UPDATE_TO_DATA_TARGET = -3.0
 """log10(std Δw / std w) ≈ −3: each step moves a weight by ~0.1% of its spread
@@ -85,6 +96,28 @@ def layer_statistics(layer: dict[str, jax.Array], activation_grad: jax.Array | N
   if health:
     stats[health] = activations.inactive_fraction(activation_name, z, threshold=threshold)
   return stats
+
+
+def layer_percentiles(layer: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """Percentiles of one hidden layer over a batch ``[B, units]``: its tails, and one
+  unit's distribution followed through training.
+
+  Linear interpolation between order statistics (NumPy's default). One sort of the
+  layer's B·units activations and one of B pre-activations: cheap beside the step.
+
+  Args:
+    layer: the layer's taps (``models.MLP.forward``): ``activation`` h and
+      ``preactivation`` z (with BatchNorm, BN's output: what the nonlinearity sees).
+
+  Returns:
+    ``activation_p02``, ``activation_p98`` (:data:`ACTIVATION_PERCENTILES`, pooled
+    over examples and units) and ``preactivation_unit0_p15``, ``_p50``, ``_p85``
+    (:data:`UNIT_PERCENTILES` of z[:, 0] over the batch).
+  """
+  h = jnp.percentile(layer['activation'], jnp.array(ACTIVATION_PERCENTILES))
+  z = jnp.percentile(layer['preactivation'][:, 0], jnp.array(UNIT_PERCENTILES))
+  return {**{f'activation_p{q:02d}': h[i] for i, q in enumerate(ACTIVATION_PERCENTILES)},
+          **{f'preactivation_unit0_p{q:02d}': z[i] for i, q in enumerate(UNIT_PERCENTILES)}}
 
 
 def parameter_name(path) -> str:
@@ -176,9 +209,10 @@ def measure(graph: nnx.GraphDef, params, batch_stats, x: jax.Array, labels: jax.
     new_params: the parameters after the update, for the update:data ratio.
 
   Returns:
-    ``{'grad_norm', 'param_norm', 'layers': [per hidden layer], 'params': {name: ...},
-    'samples': {'activation': [...], 'activation_grad': [...], 'weight': {...},
-    'weight_grad': {...}}}``; everything but ``samples`` is scalars.
+    ``{'grad_norm', 'param_norm', 'layers': [per hidden layer], 'percentiles': [per
+    hidden layer, :func:`layer_percentiles`], 'params': {name: ...}, 'samples':
+    {'activation': [...], 'activation_grad': [...], 'weight': {...}, 'weight_grad':
+    {...}}}``; everything but ``samples`` is scalars.
   """
   activation_name = models.merge(graph, params, batch_stats).activation_name
   layers, layer_grads = activation_gradients(graph, params, batch_stats, x, labels)
@@ -190,6 +224,7 @@ def measure(graph: nnx.GraphDef, params, batch_stats, x: jax.Array, labels: jax.
       'param_norm': optax.global_norm(params),
       'layers': [layer_statistics(layer, grad, activation_name=activation_name)
                  for layer, grad in zip(layers, layer_grads)],
+      'percentiles': [layer_percentiles(layer) for layer in layers],
       'params': {name: parameter_statistics(w, weight_grads[name], new_weights.get(name))
                  for name, w in weights.items()},
       'samples': {

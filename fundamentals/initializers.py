@@ -15,7 +15,8 @@ Conventions, and where they differ from the two libraries people compare against
   variance still equals the formula; the ``*_truncated_normal`` entries here do the same.
   ``torch.nn.init.*_normal_`` are untruncated, as here.
 * **Defaults of the frameworks' layers are neither.** ``nn.Linear`` in PyTorch
-  initializes with U(±1/√fan_in), i.e. Var = 1/(3·fan_in) (``'torch_linear_default'``);
+  initializes with U(±1/√fan_in), i.e. Var = 1/(3·fan_in) (``'torch_linear_default'``,
+  alias ``'standard_uniform'``: Glorot & Bengio's (2010) "standard" initialization);
   ``flax.nnx.Linear`` uses ``lecun_normal`` (truncated).
 * **Gains.** Kaiming and orthogonal take the gain of the layer's activation
   (:func:`gain`) when built by :func:`get_initializer` from a model config: their
@@ -330,6 +331,8 @@ ALIASES: dict[str, str] = {
     'glorot': 'xavier_normal',
     'kaiming': 'kaiming_normal',
     'he': 'kaiming_normal',
+    # Glorot & Bengio (2010), eq. 1: their "standard" initialization U(±1/√n_in).
+    'standard_uniform': 'torch_linear_default',
 }
 # Data-dependent schemes (not per-tensor initializers): name -> the per-tensor
 # initializer the model is built with before the data-dependent step.

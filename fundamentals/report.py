@@ -10,6 +10,7 @@ import statistics
 from typing import Any, Sequence
 
 from fundamentals import doctor
+from fundamentals import rundir
 from fundamentals.config import Config, format_value
 
 
@@ -108,6 +109,46 @@ def markdown(*, config: Config, summary: dict[str, Any], findings: list[dict[str
 def write(path: pathlib.Path, **kwargs):
   """Writes :func:`markdown` to ``path``."""
   path.write_text(markdown(**kwargs))
+
+
+def number(value: Any) -> float:
+  """A float, NaN for what is not a finite number (JSON holds non-finite values as
+  strings, a missing one is None)."""
+  return float(value) if rundir.finite(value) else math.nan
+
+
+def formatted(value: Any, spec: str, missing: str = '—') -> str:
+  """``value`` formatted by ``spec`` if it is a finite number, else ``missing``."""
+  return format(value, spec) if rundir.finite(value) else missing
+
+
+def steps_to_threshold(records: Sequence[dict[str, Any]], threshold: float, *,
+                       key: str = 'train_loss') -> int | None:
+  """The step of the first record whose ``key`` is at most ``threshold``; None if
+  none is before the first non-finite one (a run that diverged never reaches it).
+
+  A record's train loss is the mean over its window of ``log_every`` steps, so the
+  answer is the end of the first window whose mean is at or below the threshold: a
+  multiple of ``log_every``.
+
+  >>> steps_to_threshold([{'step': 10, 'train_loss': 2.0},
+  ...                     {'step': 20, 'train_loss': 0.9}], 1.0)
+  20
+  """
+  for record in records:
+    if not rundir.finite(record.get(key)):
+      return None
+    if record[key] <= threshold:
+      return record['step']
+  return None
+
+
+def steps_or_budget(records: Sequence[dict[str, Any]], threshold: float, *,
+                    budget: int) -> tuple[int, bool]:
+  """``(step, True)`` by :func:`steps_to_threshold`, or ``(budget, False)`` for a run
+  that never reached the threshold (it counts as the whole budget)."""
+  step = steps_to_threshold(records, threshold)
+  return (budget, False) if step is None else (step, True)
 
 
 def _number(value: float, spec: str = '.4f') -> str:

@@ -117,6 +117,21 @@ class Result:
     path = pathlib.Path(self.config.workdir) / 'metrics.jsonl'
     return rundir.read_jsonl(path) if path.exists() else []
 
+  @functools.cached_property
+  def init_diagnostics(self) -> dict[str, Any] | None:
+    """The per-layer diagnostics of the init (the first step's batch, before its
+    update) from the member's ``diagnostics.json``; None if it measured none."""
+    measured = _read_json(pathlib.Path(self.config.workdir) / 'diagnostics.json')
+    return (measured or {}).get('init', {}).get('scalars')
+
+  @property
+  def diagnostics_series(self) -> list[tuple[int, dict[str, Any]]]:
+    """``(step, diagnostics)`` over training: the init at step 0 (if measured), then
+    every record that has diagnostics."""
+    init = [(0, self.init_diagnostics)] if self.init_diagnostics else []
+    return init + [(r['step'], r['diagnostics']) for r in self.records
+                   if 'diagnostics' in r]
+
 
 @dataclasses.dataclass(frozen=True)
 class Experiment:
@@ -382,7 +397,9 @@ def finish(experiment: Experiment, context: Context, members: list[sweep.Member]
   if checks:
     content['passed'] = all(c.passed for c in checks)
   content['values'] = summary.values
-  member_seconds = sum((r.summary or {}).get('wall_time_s') or 0.0
+  # A vectorized member's wall time is its group's: shared by its vectorized_runs.
+  member_seconds = sum(((r.summary or {}).get('wall_time_s') or 0.0)
+                       / ((r.summary or {}).get('vectorized_runs') or 1)
                        for r in results.values())
   text = runtime.on_main_process(lambda: _write_report(
       context, summary, checks, seconds=seconds, member_seconds=member_seconds,

@@ -62,9 +62,13 @@ class Graphs(NamedTuple):
   eval: nnx.GraphDef
 
 
+LSUV_EXAMPLES = 1024
+"""How many training images (the first ones) a data-dependent init such as LSUV uses."""
+
+
 def apply_data_dependent_init(config: Config, model: models.MLP,
                               dataset: data_lib.Dataset, *,
-                              num_examples: int = 1024) -> list[dict[str, float]] | None:
+                              num_examples: int = LSUV_EXAMPLES) -> list[dict[str, float]] | None:
   """LSUV (``config.init == 'lsuv'``) on the first training examples, normalized;
   rescales ``model``'s hidden kernels in place and returns the per-layer
   ``{'iterations', 'variance'}``. None for the other (per-tensor) inits."""

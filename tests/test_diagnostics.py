@@ -100,6 +100,40 @@ def test_tanh_saturation_is_the_fraction_beyond_0_97():
   assert stats['saturated_fraction'] == pytest.approx(3 / 6)  # tanh 2.2 = 0.976
 
 
+def test_layer_percentiles_match_numpy():
+  rng = np.random.default_rng(2)
+  z = rng.normal(0.3, 2.0, (61, 9)).astype(np.float32)
+  h = 1 / (1 + np.exp(-z))
+  stats = diagnostics.layer_percentiles({'preactivation': jnp.asarray(z),
+                                         'activation': jnp.asarray(h)})
+  p02, p98 = np.percentile(h, [2, 98])  # pooled over examples and units
+  assert float(stats['activation_p02']) == pytest.approx(p02, rel=1e-5)
+  assert float(stats['activation_p98']) == pytest.approx(p98, rel=1e-5)
+  for q in (15, 50, 85):  # over the batch, unit 0 only
+    assert float(stats[f'preactivation_unit0_p{q}']) == pytest.approx(
+        np.percentile(z[:, 0], q), rel=1e-5)
+  assert set(stats) == {'activation_p02', 'activation_p98', 'preactivation_unit0_p15',
+                        'preactivation_unit0_p50', 'preactivation_unit0_p85'}
+
+
+def test_measure_has_the_percentiles_of_every_hidden_layer_in_training_mode():
+  model = mlp(activation='sigmoid', batchnorm=True)
+  model.train()
+  graph, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+  x, y = batch()
+  grads = jax.tree.map(jnp.zeros_like, params)
+  measured = jax.jit(lambda p, b, x, y, g: diagnostics.measure(graph, p, b, x, y, grads=g))(
+      params, batch_stats, x, y, grads)
+  _, taps = model.forward(x)
+  assert len(measured['percentiles']) == len(HIDDEN)
+  for row, tap in zip(measured['percentiles'], taps):
+    z = np.asarray(tap['preactivation'])  # BN's output: standardized over the batch
+    assert float(row['preactivation_unit0_p50']) == pytest.approx(
+        np.percentile(z[:, 0], 50), abs=1e-5)
+    assert float(row['activation_p98']) == pytest.approx(
+        np.percentile(np.asarray(tap['activation']), 98), rel=1e-5)
+
+
 def test_parameter_statistics_match_numpy():
   rng = np.random.default_rng(0)
   w = rng.normal(0, 0.1, (8, 5)).astype(np.float32)

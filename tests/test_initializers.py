@@ -105,6 +105,18 @@ def test_torch_linear_default_is_uniform_one_over_sqrt_fan_in():
   assert np.abs(w).max() <= 1 / math.sqrt(SHAPE[0])
 
 
+@pytest.mark.parametrize('name, bound', [
+    ('standard_uniform', 1 / math.sqrt(SHAPE[0])),                 # U(±1/√n_in)
+    ('xavier_uniform', math.sqrt(6 / (SHAPE[0] + SHAPE[1]))),      # U(±√6/√(n_in+n_out))
+])
+def test_glorot_bengio_standard_and_normalized_inits_are_their_eq_1_and_16(name, bound):
+  w = np.asarray(initializers.get_initializer(name, activation='sigmoid')(
+      jax.random.key(4), SHAPE), np.float64)
+  assert np.abs(w).max() <= bound * (1 + 1e-6) and np.abs(w).max() > 0.99 * bound
+  assert w.var() == pytest.approx(bound ** 2 / 3, rel=0.02)  # Var U(±a) = a²/3
+  assert initializers.ALIASES['standard_uniform'] == 'torch_linear_default'
+
+
 @pytest.mark.parametrize('name', initializers.names())
 @pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
 def test_deterministic_dtype_and_distinct_keys(name, dtype):

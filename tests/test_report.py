@@ -49,3 +49,27 @@ def test_report_of_a_diverged_run_without_diagnostics():
   assert '| initial loss | nan' in text and 'final train' not in text
   assert f'No findings: all {len(doctor.RULES)} rules pass.' in text
   assert '## Layers' not in text
+
+
+def test_steps_to_threshold_is_the_first_window_at_or_below_it_and_none_after_divergence():
+  records = [{'step': 5, 'train_loss': 3.5}, {'step': 10, 'train_loss': 2.0},
+             {'step': 15, 'train_loss': 1.0}]
+  assert report.steps_to_threshold(records, 2.0) == 10  # At or below: 2.0 counts.
+  assert report.steps_to_threshold(records, 0.5) is None
+  assert report.steps_to_threshold([], 1.0) is None
+  diverged = [{'step': 5, 'train_loss': 'nan'}, *records]  # JSON holds NaN as text.
+  assert report.steps_to_threshold(diverged, 2.0) is None
+  assert report.steps_to_threshold(records, 0.3, key='train_accuracy') is None
+  assert report.steps_or_budget(records, 1.0, budget=99) == (15, True)
+  assert report.steps_or_budget(records, 0.1, budget=99) == (99, False)
+  assert report.steps_or_budget(diverged, 3.0, budget=7) == (7, False)
+
+
+def test_number_and_formatted_treat_json_non_finite_values_as_missing():
+  assert report.number(0.25) == 0.25 and report.number(3) == 3.0
+  for missing in (None, 'nan', 'inf', float('nan'), float('-inf')):
+    assert math.isnan(report.number(missing))
+    assert report.formatted(missing, '.3f') == '—'
+  assert report.formatted(0.12345, '.3f') == '0.123'
+  assert report.formatted(0.5, '.1%') == '50.0%'
+  assert report.formatted(None, '.3f', missing='n/a') == 'n/a'

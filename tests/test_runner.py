@@ -245,3 +245,22 @@ def test_plan_builds_settings_from_the_scale_under_explicit_ones(tmp_path, data_
   assert results['config']['steps'] == 3 and results['settings'] == {'lrs': (0.2,)}
   with pytest.raises(ValueError, match='--lr=auto takes one value'):
     runner.plan(TINY, {**overrides, 'lr': 'auto'}, axes={'lr': ['auto', 0.1]})
+
+
+def test_a_results_diagnostics_series_is_its_init_then_every_diagnostic_record(tmp_path):
+  workdir = tmp_path / 'member'
+  workdir.mkdir()
+  config = Config(workdir=str(workdir))
+  result = runner.Result('member', {}, config, summary=None, output=None)
+  assert result.init_diagnostics is None and result.diagnostics_series == []
+  rundir.write_json(workdir / 'diagnostics.json', {
+      'init': {'step': 1, 'scalars': {'grad_norm': 1.0}},
+      'end': {'step': 20, 'scalars': {'grad_norm': 3.0}}})
+  rundir.write_jsonl(workdir / 'metrics.jsonl', [
+      {'step': 10, 'train_loss': 2.0, 'diagnostics': {'grad_norm': 2.0}},
+      {'step': 15, 'train_loss': 1.5},
+      {'step': 20, 'train_loss': 1.0, 'diagnostics': {'grad_norm': 3.0}}])
+  fresh = runner.Result('member', {}, config, summary=None, output=None)
+  assert fresh.init_diagnostics == {'grad_norm': 1.0}
+  assert fresh.diagnostics_series == [(0, {'grad_norm': 1.0}), (10, {'grad_norm': 2.0}),
+                                      (20, {'grad_norm': 3.0})]

@@ -327,3 +327,149 @@ def test_launch_runs_the_experiment_with_its_flags(tmp_path, data_dir):
   member = json.loads((tmp_path / 'run' / 'kaiming-relu' / 'config.json').read_text())
   assert member['hidden'] == [16, 16] and member['init'] == 'kaiming'
   assert (tmp_path / 'run' / 'report.md').exists()
+
+
+# --- Depth scales (Schoenholz et al., 2017) ------------------------------------------
+
+def _pair(q, c, size=200_000, seed=1):
+  """Monte Carlo pairs (u₁, u₂) of variance q and correlation c."""
+  z1, z2 = np.random.default_rng(seed).normal(size=(2, size))
+  return math.sqrt(q) * z1, math.sqrt(q) * (c * z1 + math.sqrt(1 - c * c) * z2)
+
+
+def _within_sampling_error(samples, value, sigmas=5.0):
+  return abs(np.mean(samples) - value) <= sigmas * np.std(samples) / math.sqrt(samples.size)
+
+
+@pytest.mark.parametrize('q,c', [(0.3, 0.0), (1.0, 0.5), (2.2, 0.9), (1.5, -0.7), (0.8, 1.0)])
+def test_bivariate_expectation_matches_the_arcsine_kernel(q, c):
+  # Williams (1997): E[erf(a·u₁) erf(a·u₂)] = (2/π) arcsin(2a²qc / (1 + 2a²q)).
+  a = 0.8
+  erf = lambda z: jax.scipy.special.erf(a * z)
+  exact = 2 / math.pi * math.asin(2 * a * a * q * c / (1 + 2 * a * a * q))
+  assert float(sp.bivariate_expectation(erf, erf, q, c)) == pytest.approx(exact, abs=1e-10)
+  # Bilinear moments: E[u₁u₂] = qc, E[u₁²u₂²] = q²(1 + 2c²).
+  assert float(sp.bivariate_expectation(lambda z: z, lambda z: z, q, c)) == pytest.approx(q * c)
+  assert float(sp.bivariate_expectation(lambda z: z ** 2, lambda z: z ** 2, q, c)
+               ) == pytest.approx(q * q * (1 + 2 * c * c))
+
+
+def test_bivariate_expectation_matches_monte_carlo_for_tanh():
+  u1, u2 = _pair(1.4, 0.3)
+  samples = np.tanh(u1) * np.tanh(u2)
+  assert _within_sampling_error(samples, float(sp.bivariate_expectation(
+      jnp.tanh, jnp.tanh, 1.4, 0.3)))
+  c = np.array([[0.0, 0.3], [0.6, 1.0]])
+  assert sp.bivariate_expectation(jnp.tanh, jnp.tanh, 1.4, c).shape == (2, 2)
+  with pytest.raises(ValueError, match=r'\[-1, 1\]'):
+    sp.bivariate_expectation(jnp.tanh, jnp.tanh, 1.0, 1.5)
+
+
+@pytest.mark.parametrize('sigma_w2', [0.5, 0.9, 1.0])
+def test_tanh_without_bias_has_q_star_zero_up_to_sigma_w2_one(sigma_w2):
+  q = sp.fixed_point_variance('tanh', sigma_w2=sigma_w2, sigma_b2=0.0)
+  assert q == pytest.approx(0.0, abs=1e-6)
+  # At q* = 0, χ₁ = σ_w² tanh′(0)² = σ_w², and the depth scale is −1/ln σ_w².
+  scales = sp.depth_scales('tanh', sigma_w2=sigma_w2, sigma_b2=0.0)
+  assert scales['chi_1'] == pytest.approx(sigma_w2, abs=1e-5)
+  assert scales['c_star'] == 1.0
+  if sigma_w2 < 1:
+    assert scales['xi_c'] == pytest.approx(-1 / math.log(sigma_w2), rel=1e-4)
+  else:
+    assert scales['xi_c'] > 1e4
+
+
+@pytest.mark.parametrize('sigma_w2,sigma_b2', [(1.5, 0.0), (1.0, 0.05), (3.0, 0.05)])
+def test_q_star_is_a_fixed_point_of_the_monte_carlo_map(sigma_w2, sigma_b2):
+  q = sp.fixed_point_variance('tanh', sigma_w2=sigma_w2, sigma_b2=sigma_b2)
+  assert q > 0.05
+  # The map by sampling returns q* within its sampling error.
+  samples = sigma_w2 * np.tanh(math.sqrt(q) * STANDARD_NORMALS) ** 2 + sigma_b2
+  assert _within_sampling_error(samples, q)
+  # And from any start the iterated map reaches the same q*.
+  assert sp.fixed_point_variance('tanh', sigma_w2=sigma_w2, sigma_b2=sigma_b2,
+                                 q0=20.0) == pytest.approx(q, rel=1e-9)
+
+
+def test_no_finite_fixed_point_is_refused():
+  # ReLU: q^l = (σ_w²/2) q^{l−1} + σ_b² grows without bound for σ_w² > 2.
+  with pytest.raises(ValueError, match='no finite fixed point'):
+    sp.fixed_point_variance('relu', sigma_w2=2.25, sigma_b2=0.05)
+  with pytest.raises(ValueError, match='no finite fixed point'):
+    sp.fixed_point_variance('relu', sigma_w2=2.25, sigma_b2=0.05, iterations=2000)
+  # Below: the fixed point of the linear map, σ_b² / (1 − σ_w²/2).
+  assert sp.fixed_point_variance('relu', sigma_w2=1.5, sigma_b2=0.05) == pytest.approx(0.2)
+
+
+def test_variance_map_slope_is_the_derivative_of_the_map():
+  for activation in ('tanh', 'gelu'):
+    q, h = 0.7, 1e-5
+    numeric = (sp.variance_map(activation, q + h, sigma_w2=2.0, sigma_b2=0.1)
+               - sp.variance_map(activation, q - h, sigma_w2=2.0, sigma_b2=0.1)) / (2 * h)
+    assert float(sp.variance_map_slope(activation, q, sigma_w2=2.0)) == pytest.approx(
+        float(numeric), rel=1e-6)
+  # ReLU: E[ReLU(√q z)²] = q/2, so the slope is σ_w²/2 (φ″ = 0 off the kink).
+  assert float(sp.variance_map_slope('relu', 1.3, sigma_w2=2.0)) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize('sigma_w2', [1.2, 2.5, 4.0])
+def test_chi_1_matches_monte_carlo_at_q_star(sigma_w2):
+  q = sp.fixed_point_variance('tanh', sigma_w2=sigma_w2, sigma_b2=0.05)
+  samples = sigma_w2 * (1 - np.tanh(math.sqrt(q) * STANDARD_NORMALS) ** 2) ** 2
+  assert _within_sampling_error(samples, sp.chi_1('tanh', q=q, sigma_w2=sigma_w2))
+  # χ₁ is the slope of the correlation map at c = 1.
+  assert float(sp.correlation_slope('tanh', 1.0, q=q, sigma_w2=sigma_w2)) == pytest.approx(
+      sp.chi_1('tanh', q=q, sigma_w2=sigma_w2), rel=1e-5)
+
+
+def test_correlation_map_fixes_c_equal_one_and_slope_is_its_derivative():
+  q = sp.fixed_point_variance('tanh', sigma_w2=2.5, sigma_b2=0.05)
+  kwargs = dict(q=q, sigma_w2=2.5, sigma_b2=0.05)
+  assert float(sp.correlation_map('tanh', 1.0, **kwargs)) == pytest.approx(1.0, abs=1e-9)
+  assert float(sp.correlation_map('tanh', 1.0, **kwargs, num_points=64)) == pytest.approx(
+      1.0, abs=1e-7)
+  c, h = 0.4, 1e-5
+  numeric = (sp.correlation_map('tanh', c + h, **kwargs)
+             - sp.correlation_map('tanh', c - h, **kwargs)) / (2 * h)
+  assert float(sp.correlation_slope('tanh', c, q=q, sigma_w2=2.5)) == pytest.approx(
+      float(numeric), rel=1e-6)
+  # Monte Carlo of one layer of the map.
+  u1, u2 = _pair(q, c)
+  samples = (2.5 * np.tanh(u1) * np.tanh(u2) + 0.05) / q
+  assert _within_sampling_error(samples, float(sp.correlation_map('tanh', c, **kwargs)))
+
+
+def test_chaotic_phase_fixed_correlation_below_one_and_finite_depth_scale():
+  scales = sp.depth_scales('tanh', sigma_w2=3.0, sigma_b2=0.05)
+  assert scales['chi_1'] > 1 and 0 < scales['c_star'] < 1
+  c, q = scales['c_star'], scales['q_star']
+  # c* is a fixed point of the Monte Carlo correlation map, and attracting: χ_c < 1.
+  u1, u2 = _pair(q, c)
+  assert _within_sampling_error((3.0 * np.tanh(u1) * np.tanh(u2) + 0.05) / q, c)
+  assert 0 < scales['chi_c'] < 1
+  assert scales['xi_c'] == pytest.approx(-1 / math.log(scales['chi_c']))
+  # Iterating the map from c = 0.9 converges there at the rate χ_c per layer.
+  kwargs = dict(q=q, sigma_w2=3.0, sigma_b2=0.05)
+  path = [0.9]
+  for _ in range(120):
+    path.append(float(sp.correlation_map('tanh', path[-1], **kwargs)))
+  assert path[-1] == pytest.approx(c, abs=1e-5)
+  assert (path[91] - c) / (path[90] - c) == pytest.approx(scales['chi_c'], rel=1e-3)
+
+
+def test_ordered_phase_depth_scale_is_that_of_chi_1():
+  scales = sp.depth_scales('tanh', sigma_w2=1.25, sigma_b2=0.05)
+  assert scales['c_star'] == 1.0 and scales['chi_c'] == scales['chi_1'] < 1
+  assert scales['xi_c'] == pytest.approx(-1 / math.log(scales['chi_1']))
+  assert 0 < scales['xi_q'] < scales['xi_c']
+
+
+def test_xi_c_diverges_at_the_paper_critical_line():
+  critical = sp.critical_weight_variance('tanh', sigma_b2=0.05)
+  assert critical == pytest.approx(1.76, abs=0.01)  # Schoenholz et al., Fig. 1.
+  xi = [sp.depth_scales('tanh', sigma_w2=critical + d, sigma_b2=0.05)['xi_c']
+        for d in (-0.3, -0.03, 0.03, 0.3)]
+  assert xi[1] > 5 * xi[0] and xi[2] > 5 * xi[3] and min(xi[1:3]) > 100
+  assert sp.depth_scale(1.0) == math.inf and sp.depth_scale(math.exp(-0.5)) == 2.0
+  with pytest.raises(ValueError, match='no order-to-chaos'):
+    sp.critical_weight_variance('tanh', sigma_b2=0.05, bracket=(2.0, 3.0))
