@@ -9,6 +9,16 @@ then the papers reproduced.
 from experiments import augmentation
 from experiments import backprop
 from experiments import batchnorm
+from experiments import batchnorm_ioffe
+from experiments import deep_relu
+from experiments import edge_of_chaos
+from experiments import glorot_saturation
+from experiments import init_activation
+from experiments import loss_init
+from experiments import lr_range_test
+from experiments import lr_schedules
+from experiments import lsuv
+from experiments import orthogonal_depth
 from experiments import signal_propagation
 from experiments import train
 from fundamentals import runner
@@ -17,6 +27,16 @@ MODULES = (
     augmentation,
     backprop,
     batchnorm,
+    batchnorm_ioffe,
+    deep_relu,
+    edge_of_chaos,
+    glorot_saturation,
+    init_activation,
+    loss_init,
+    lr_range_test,
+    lr_schedules,
+    lsuv,
+    orthogonal_depth,
     signal_propagation,
     train,
 )
