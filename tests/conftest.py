@@ -22,3 +22,16 @@ def data_dir(tmp_path_factory) -> str:
 @pytest.fixture(scope='session')
 def small_dataset(data_dir) -> data.Dataset:
   return data.load(SMALL, data_dir=data_dir)
+
+
+def run_tiny(experiment, workdir, data_dir, *, settings=None, vectorize=False,
+             echo=lambda line: None):
+  """Runs ``experiment`` at its tiny scale on the small dataset into ``workdir``,
+  ``settings`` (a dict) over the tiny scale's; returns ``(config, settings, results)``."""
+  from fundamentals import runner  # pylint: disable=g-import-not-at-top
+  config = experiment.configure({'dataset': SMALL, 'data_dir': data_dir,
+                                 'workdir': str(workdir)}, scale='tiny')
+  settings = experiment.default_settings(settings, scale='tiny')
+  results = runner.run(experiment, config, settings=settings, scale='tiny',
+                       vectorize=vectorize, echo=echo)
+  return config, settings, results

@@ -1,17 +1,15 @@
 import numpy as np
 import pytest
 
+from conftest import run_tiny
 from experiments import batchnorm_ioffe as bni
 from fundamentals import runner
 from fundamentals import sweep
-from tests.conftest import SMALL
 
 
 def test_tiny_run_computes_its_checks_from_the_unit_percentiles(tmp_path, data_dir):
   experiment = bni.EXPERIMENT
-  config = experiment.configure({'dataset': SMALL, 'data_dir': data_dir,
-                                 'workdir': str(tmp_path / 'bni')}, scale='tiny')
-  results = runner.run(experiment, config, scale='tiny', echo=lambda line: None)
+  config, _, results = run_tiny(experiment, tmp_path / 'bni', data_dir)
   workdir = tmp_path / 'bni'
   collected = runner.collect(experiment, sweep.from_manifest(
       sweep.read_manifest(workdir), workdir=workdir))

@@ -3,21 +3,14 @@ import math
 
 import pytest
 
+from conftest import run_tiny
 from experiments import deep_relu as dr
 from fundamentals import rundir
-from fundamentals import runner
-
-SMALL = 'synthetic_fruits/small'
-
 
 @pytest.fixture(scope='module')
 def ran(tmp_path_factory, data_dir):
   workdir = tmp_path_factory.mktemp('deep_relu')
-  config = dr.EXPERIMENT.configure({'dataset': SMALL, 'data_dir': data_dir,
-                                    'workdir': str(workdir)}, scale='tiny')
-  settings = dr.EXPERIMENT.default_settings(scale='tiny')
-  results = runner.run(dr.EXPERIMENT, config, settings=settings, scale='tiny',
-                       echo=lambda line: None)
+  _, settings, results = run_tiny(dr.EXPERIMENT, workdir, data_dir)
   return workdir, settings, results
 
 

@@ -4,9 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from conftest import SMALL
+from conftest import run_tiny
 from experiments import edge_of_chaos as eoc
-from fundamentals import runner
 from fundamentals import signal_propagation as sp
 from fundamentals import train
 
@@ -64,13 +63,9 @@ def test_fractions_count_trainable_cells_on_each_side():
 
 
 def test_runs_the_grid_and_computes_the_check(tmp_path, data_dir):
-  config = eoc.EXPERIMENT.configure(
-      {'dataset': SMALL, 'data_dir': data_dir, 'workdir': str(tmp_path / 'eoc')},
-      scale='tiny')
-  settings = eoc.EXPERIMENT.default_settings(
-      {'weight_variances': (1.0, 4.0), 'depths': (2, 24)}, scale='tiny')
-  results = runner.run(eoc.EXPERIMENT, config, settings=settings, scale='tiny',
-                       vectorize=True, echo=lambda line: None)
+  config, settings, results = run_tiny(
+      eoc.EXPERIMENT, tmp_path / 'eoc', data_dir, vectorize=True,
+      settings={'weight_variances': (1.0, 4.0), 'depths': (2, 24)})
   workdir = tmp_path / 'eoc'
   members = {m['name']: m for m in results['members']}
   assert set(members) == {'L2-w1', 'L2-w4', 'L24-w1', 'L24-w4'}

@@ -4,20 +4,16 @@ import math
 import numpy as np
 import pytest
 
+from conftest import run_tiny
 from experiments import glorot_saturation as gs
 from fundamentals import runner
 from fundamentals import sweep
 from fundamentals.config import Config
-from tests.conftest import SMALL
 
 
 def test_tiny_run_computes_its_checks_from_the_diagnostics(tmp_path, data_dir):
   experiment = gs.EXPERIMENT
-  config = experiment.configure({'dataset': SMALL, 'data_dir': data_dir,
-                                 'workdir': str(tmp_path / 'gs')}, scale='tiny')
-  settings = experiment.default_settings(scale='tiny')
-  results = runner.run(experiment, config, settings=settings, scale='tiny',
-                       echo=lambda line: None)
+  config, settings, results = run_tiny(experiment, tmp_path / 'gs', data_dir)
   workdir = tmp_path / 'gs'
   members = {m['name']: m for m in results['members']}
   assert set(members) == {'sigmoid-standard', 'sigmoid-normalized', 'tanh-standard',

@@ -4,21 +4,15 @@ import math
 import numpy as np
 import pytest
 
+from conftest import run_tiny
 from experiments import init_activation as ia
 from fundamentals import runner
 from fundamentals.config import Config
 
-SMALL = 'synthetic_fruits/small'
-
-
 @pytest.fixture(scope='module')
 def ran(tmp_path_factory, data_dir):
   workdir = tmp_path_factory.mktemp('init_activation')
-  config = ia.EXPERIMENT.configure({'dataset': SMALL, 'data_dir': data_dir,
-                                    'workdir': str(workdir)}, scale='tiny')
-  settings = ia.EXPERIMENT.default_settings(scale='tiny')
-  results = runner.run(ia.EXPERIMENT, config, settings=settings, scale='tiny',
-                       echo=lambda line: None)
+  _, settings, results = run_tiny(ia.EXPERIMENT, workdir, data_dir)
   return workdir, settings, results
 
 

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import SMALL
+from conftest import run_tiny
 from experiments import lr_range_test as lrt
 from fundamentals import lr_finder
 from fundamentals import runner
@@ -13,11 +13,7 @@ from fundamentals import runner
 @pytest.fixture(scope='module')
 def ran(tmp_path_factory, data_dir):
   workdir = tmp_path_factory.mktemp('lrt') / 'run'
-  config = lrt.EXPERIMENT.configure({'dataset': SMALL, 'data_dir': data_dir,
-                                     'workdir': str(workdir)}, scale='tiny')
-  settings = lrt.EXPERIMENT.default_settings(scale='tiny')
-  results = runner.run(lrt.EXPERIMENT, config, settings=settings, scale='tiny',
-                       echo=lambda line: None)
+  config, settings, results = run_tiny(lrt.EXPERIMENT, workdir, data_dir)
   return workdir, config, settings, results
 
 

@@ -5,10 +5,9 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import SMALL
+from conftest import run_tiny
 from experiments import lr_schedules
 from fundamentals import rundir
-from fundamentals import runner
 from fundamentals.config import Config
 
 
@@ -69,13 +68,10 @@ def test_settings_are_validated():
 
 def test_runs_schedules_times_seeds_and_computes_the_check(tmp_path, data_dir):
   experiment = lr_schedules.EXPERIMENT
-  config = experiment.configure({'dataset': SMALL, 'data_dir': data_dir,
-                                 'workdir': str(tmp_path / 'lrs')}, scale='tiny')
-  settings = experiment.default_settings(
-      {'schedules': ('constant', 'step', 'cosine_warmup')}, scale='tiny')
+  config, settings, results = run_tiny(
+      experiment, tmp_path / 'lrs', data_dir,
+      settings={'schedules': ('constant', 'step', 'cosine_warmup')})
   assert settings.seeds == (0, 1)
-  results = runner.run(experiment, config, settings=settings, scale='tiny',
-                       echo=lambda line: None)
   workdir = tmp_path / 'lrs'
   for name in ('report.md', 'schedules.png', 'results.json'):
     assert (workdir / name).stat().st_size > 1000, name

@@ -7,15 +7,12 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import run_tiny
 from experiments import lsuv as experiment
 from fundamentals import data as data_lib
 from fundamentals import models
 from fundamentals import rundir
-from fundamentals import runner
 from fundamentals.config import Config
-
-SMALL = 'synthetic_fruits/small'
-
 
 def test_output_variances_are_those_of_the_dense_outputs():
   config = Config(hidden=(6,), batchnorm=False, bias_std=0.5, activation='tanh')
@@ -32,10 +29,7 @@ def test_tiny_run_writes_the_report_and_consistent_checks(tmp_path, data_dir,
                                                           small_dataset):
   workdir = tmp_path / 'lsuv'
   e = experiment.EXPERIMENT
-  config = e.configure({'dataset': SMALL, 'data_dir': data_dir, 'workdir': str(workdir)},
-                       scale='tiny')
-  s = e.default_settings(scale='tiny')
-  results = runner.run(e, config, settings=s, scale='tiny', echo=lambda line: None)
+  config, s, results = run_tiny(e, workdir, data_dir)
 
   for name in ('report.md', 'variance_at_init.png', 'loss.png', 'results.json'):
     assert (workdir / name).stat().st_size > 500, name

@@ -7,13 +7,10 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import run_tiny
 from experiments import orthogonal_depth as experiment
 from fundamentals import initializers
 from fundamentals import rundir
-from fundamentals import runner
-
-SMALL = 'synthetic_fruits/small'
-
 
 def test_end_to_end_singular_values():
   rng = np.random.default_rng(0)
@@ -35,10 +32,7 @@ def test_end_to_end_singular_values():
 def test_tiny_run_writes_the_report_and_a_consistent_check(tmp_path, data_dir):
   workdir = tmp_path / 'od'
   e = experiment.EXPERIMENT
-  config = e.configure({'dataset': SMALL, 'data_dir': data_dir, 'workdir': str(workdir)},
-                       scale='tiny')
-  settings = e.default_settings(scale='tiny')
-  results = runner.run(e, config, settings=settings, scale='tiny', echo=lambda line: None)
+  config, settings, results = run_tiny(e, workdir, data_dir)
 
   for name in ('report.md', 'steps_to_threshold.png', 'loss.png', 'results.json'):
     assert (workdir / name).stat().st_size > 500, name
