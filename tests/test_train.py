@@ -214,8 +214,8 @@ def test_runs_differing_only_in_per_run_values_share_one_compilation(tmp_path,
   second = Config(workdir=str(tmp_path / 'b'), **{
       **TINY, 'steps': 4, 'hidden': (24,), 'lr': 0.07, 'seed': 5, 'init': 'xavier',
       'output_init': 'lecun', 'output_scale': 0.5, 'momentum': 0.5})
-  assert set(train.PER_RUN) == {'seed', 'init', 'output_init', 'output_scale', 'lr',
-                                'momentum'}
+  assert set(train.PER_RUN) == {'seed', 'init', 'init_gain', 'bias_std', 'output_init',
+                                'output_scale', 'lr', 'momentum'}
   assert train.canonical_config(first) == train.canonical_config(second)
   with runtime.compile_log() as compiles:
     summaries = [train.fit(first, dataset=small_dataset, echo=lambda line: None)]
