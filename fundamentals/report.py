@@ -14,6 +14,12 @@ from fundamentals import rundir
 from fundamentals.config import Config, format_value
 
 
+def _cell(value: Any) -> str:
+  """A table cell's text: a '|' in it (an absolute value, |x|) escaped, so that it
+  does not end the cell."""
+  return str(value).replace('|', '\\|')
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], *,
                    align: str | None = None) -> str:
   """A Markdown table: the header, a rule, one line per row (cells as ``str``).
@@ -27,11 +33,12 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], *,
   if len(align) != len(header):
     raise ValueError(f'{align=} must have one letter per column of {list(header)}')
   rule = ['---:' if a == 'r' else '---' for a in align]
-  lines = ['| ' + ' | '.join(map(str, header)) + ' |', '| ' + ' | '.join(rule) + ' |']
+  cells = lambda values: ' | '.join(_cell(v) for v in values)
+  lines = ['| ' + cells(header) + ' |', '| ' + ' | '.join(rule) + ' |']
   for row in rows:
     if len(row) != len(header):
       raise ValueError(f'row {list(row)} has {len(row)} cells for {len(header)} columns')
-    lines.append('| ' + ' | '.join(map(str, row)) + ' |')
+    lines.append('| ' + cells(row) + ' |')
   return '\n'.join(lines)
 
 

@@ -68,3 +68,23 @@ def test_refuses_summarize_and_resume_and_checks_every_experiment_first(tmp_path
                      {**overrides(tmp_path, data_dir), 'batch_size': 1000}, settings={},
                      options=runner.Options())
   assert not (tmp_path / 'all').exists()
+
+
+def test_every_experiment_declares_valid_configs_at_every_scale(tmp_path):
+  import experiments  # pylint: disable=g-import-not-at-top
+  from fundamentals import sweep  # pylint: disable=g-import-not-at-top
+  for name, experiment in experiments.LIBRARY.items():
+    assert experiment.description and '\n' not in experiment.description, name
+    for scale in ['default', *experiment.scales]:
+      assert scale in runner.SCALES, (name, scale)
+      config = experiment.configure({'workdir': str(tmp_path / name)}, scale=scale)
+      settings = experiment.default_settings(scale=scale)
+      if name == 'lr_range_test':  # Its members need the range test run first.
+        continue
+      if experiment.members is not None:
+        members = sweep.named(config, experiment.members(config, settings),
+                              workdir=tmp_path / name)
+        assert members, (name, scale)
+    if name not in ('signal_propagation', 'backprop', 'batchnorm', 'augmentation'):
+      assert {'tiny', 'full'} <= set(experiment.scales), name  # The library's own.
+      assert experiment.configure(scale='tiny') != experiment.configure(scale='full')

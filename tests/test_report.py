@@ -73,3 +73,10 @@ def test_number_and_formatted_treat_json_non_finite_values_as_missing():
   assert report.formatted(0.12345, '.3f') == '0.123'
   assert report.formatted(0.5, '.1%') == '50.0%'
   assert report.formatted(None, '.3f', missing='n/a') == 'n/a'
+
+
+def test_a_pipe_inside_a_cell_is_escaped_and_does_not_split_it():
+  table = report.markdown_table(['check', 'observed'], [['mean |p(t) − p(0)| small', 0.5]])
+  row = table.splitlines()[2]
+  assert row == '| mean \\|p(t) − p(0)\\| small | 0.5 |'
+  assert len(row.replace('\\|', '').split('|')) == 4  # Two cells between three bars.
