@@ -74,4 +74,7 @@ EXPERIMENT = runner.Experiment(
     name='augmentation',
     description='With vs without augmentation: curves, final accuracies and the '
                 'generalization gap.',
-    members=members, summarize=summarize, check=check, verbose=True)
+    members=members, summarize=summarize, check=check, verbose=True,
+    scales={'tiny': runner.Scale(config={'hidden': (16,), 'batch_size': 50, 'steps': 20,
+                                         'log_every': 10, 'eval_every': 10}),
+            'full': runner.Scale(config={'hidden': (512, 512, 512), 'steps': 3000})})

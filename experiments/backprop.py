@@ -199,4 +199,7 @@ EXPERIMENT = runner.Experiment(
     description='Hand-written backprop vs jax.grad and finite differences; manual vs '
                 'optax SGD.',
     members=members, settings=Settings, settings_prefix='backprop_', measure=measure,
-    summarize=summarize, check=check)
+    summarize=summarize, check=check,
+    scales={'tiny': runner.Scale(config={'hidden': (8,), 'batch_size': 20, 'steps': 4}),
+            'full': runner.Scale(config={'hidden': (512, 512, 512)},
+                                 settings={'fd_coordinates': 10})})

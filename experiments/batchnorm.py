@@ -293,4 +293,11 @@ EXPERIMENT = runner.Experiment(
     description='BN vs no BN (init × activation × lr), inference modes and the '
                 'momentum α study.',
     members=members, defaults=DEFAULTS, settings=Settings, settings_prefix='batchnorm_',
-    analyze=analyze, summarize=summarize, check=check)
+    analyze=analyze, summarize=summarize, check=check,
+    scales={'tiny': runner.Scale(
+                config={'hidden': (16, 8), 'batch_size': 50, 'steps': 10, 'log_every': 10,
+                        'eval_every': 10, 'diagnostics_every': 0},
+                settings={'inits': ('kaiming',), 'activations': ('tanh',), 'lrs': (0.1,),
+                          'alphas': (0.0, 0.9), 'alpha_steps': (10,)}),
+            'full': runner.Scale(config={'hidden': (512, 512, 512), 'steps': 1500},
+                                 settings={'alpha_steps': (10, 30, 100, 300, 1000)})})

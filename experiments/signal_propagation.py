@@ -320,4 +320,9 @@ EXPERIMENT = runner.Experiment(
     name='signal_propagation',
     description='Signal propagation at init: measured vs mean-field theory, per layer.',
     members=members, settings=Settings, settings_prefix='sp_', measure=measure,
-    summarize=summarize, check=check)
+    summarize=summarize, check=check,
+    scales={'tiny': runner.Scale(config={'batch_size': 32},
+                                 settings={'depth': 3, 'width': 32, 'draws': 2}),
+            'full': runner.Scale(config={'batch_size': 256},
+                                 settings={'depth': 50, 'width': 1024, 'draws': 16,
+                                           'batchnorm': 'both'})})
