@@ -23,6 +23,7 @@ import math
 
 import numpy as np
 
+from fundamentals import losses
 from fundamentals import plots
 from fundamentals import rundir
 from fundamentals import report
@@ -112,7 +113,7 @@ def gradient_ratios(s: Settings, results) -> list[float]:
 
 
 def check(context: runner.Context, results) -> list[runner.Check]:
-  s, ln_n = context.settings, math.log(context.dataset.num_classes)
+  s, ln_n = context.settings, losses.expected_initial_loss(context.dataset.num_classes)
   runs = _by_init(s, results)
   xavier = [loss_ratios(r, ln_n) for r in runs['xavier']]
   kaiming = [loss_ratios(r, ln_n) for r in runs['kaiming']]
@@ -201,7 +202,7 @@ def signal_figure(s: Settings, results):
 
 def summarize(context: runner.Context, results) -> runner.Summary:
   config, s, dataset = context.config, context.settings, context.dataset
-  ln_n = math.log(dataset.num_classes)
+  ln_n = losses.expected_initial_loss(dataset.num_classes)
   rows = []
   for init, runs in _by_init(s, results).items():
     for r in runs:

@@ -36,6 +36,7 @@ from matplotlib import cm
 from fundamentals import activations
 from fundamentals import data as data_lib
 from fundamentals import initializers
+from fundamentals import losses
 from fundamentals import plots
 from fundamentals import rundir
 from fundamentals import report
@@ -315,7 +316,7 @@ def summarize(context: runner.Context, results) -> runner.Summary:
   text = runner.render(
       __file__, **tables, config=config, dataset=dataset, depth=s.depth, width=s.width,
       num_train=len(dataset.train_labels), num_test=len(dataset.test_labels),
-      threshold=SATURATED_BELOW, ln_n=math.log(dataset.num_classes),
+      threshold=SATURATED_BELOW, ln_n=losses.expected_initial_loss(dataset.num_classes),
       second_moment=float(np.mean(second_moment)), lrs=', '.join(
           f'{a} {lr:g}' for a, lr in zip(s.activations, s.lrs)),
       tails='; '.join(_tails(member_name(a, i), results[member_name(a, i)])

@@ -23,6 +23,7 @@ from matplotlib import colors as mcolors
 from fundamentals import activations
 from fundamentals import diagnostics
 from fundamentals import initializers
+from fundamentals import losses
 from fundamentals import plots
 from fundamentals import rundir
 from fundamentals import runner
@@ -271,7 +272,7 @@ def summarize(context: runner.Context, results) -> runner.Summary:
           title=f'final test accuracy{seeds}', label='test accuracy'),
       'heatmap_initial_loss.png': heatmap_figure(
           initial, initial_text, rows=labels, columns=list(s.activations),
-          title=f'initial loss (ln N = {math.log(dataset.num_classes):.2f}){seeds}',
+          title=f'initial loss (ln N = {losses.expected_initial_loss(dataset.num_classes):.2f}){seeds}',
           label='initial loss (log scale)', log=True),
       'inactive.png': inactive_figure(s, results, num_layers=len(config.hidden),
                                       steps=config.steps),
@@ -290,7 +291,7 @@ def summarize(context: runner.Context, results) -> runner.Summary:
   worst = worst_rows(s, grid)
   text = runner.render(
       __file__, config=config, dataset=dataset, seeds=', '.join(map(str, s.seeds)),
-      ln_n=math.log(dataset.num_classes), table=table, health_table=health_table,
+      ln_n=losses.expected_initial_loss(dataset.num_classes), table=table, health_table=health_table,
       worst='\n'.join(f'- **{a}**: N(0, 1) without BN {w["normal"].describe()}; the '
                       f'next-worst row, {w["next_row"]}, {w["next"].describe()}.'
                       for a, w in worst.items()),

@@ -25,6 +25,7 @@ import statistics
 import jax.numpy as jnp
 import numpy as np
 
+from fundamentals import optimizers
 from fundamentals import plots
 from fundamentals import rundir
 from fundamentals import runner
@@ -91,11 +92,9 @@ def members(config, s: Settings) -> dict[str, dict]:
 
 
 def learning_rates(config) -> np.ndarray:
-  """η_t for t = 0..steps−1 of ``config``'s schedule, from ``fundamentals.schedules``
-  (what ``optimizers.create`` builds): the rate of the update at step t + 1."""
-  schedule = schedules.get_schedule(config.schedule, init_value=config.lr,
-                                    total_steps=config.steps,
-                                    warmup_steps=config.warmup_steps)
+  """η_t for t = 0..steps−1 of ``config``'s schedule, the one its run trains with
+  (``optimizers.create``): the rate of the update at step t + 1."""
+  _, schedule = optimizers.create(config)
   rates = np.asarray(schedule(jnp.arange(config.steps)), np.float64)
   return np.broadcast_to(rates, (config.steps,)).copy()  # A constant one is a scalar.
 

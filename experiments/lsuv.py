@@ -33,6 +33,7 @@ import numpy as np
 
 from fundamentals import activations
 from fundamentals import data as data_lib
+from fundamentals import losses
 from fundamentals import plots
 from fundamentals import rundir
 from fundamentals import report
@@ -228,7 +229,7 @@ def loss_figure(s: Settings, results, *, ln_n: float):
 
 def summarize(context: runner.Context, results) -> runner.Summary:
   config, s, dataset = context.config, context.settings, context.dataset
-  budget, ln_n = config.steps, math.log(dataset.num_classes)
+  budget, ln_n = config.steps, losses.expected_initial_loss(dataset.num_classes)
   times = speed(s, results, budget)
   rows = []
   for a in s.activations:

@@ -32,6 +32,7 @@ import math
 
 import numpy as np
 
+from fundamentals import losses
 from fundamentals import plots
 from fundamentals import rundir
 from fundamentals import report
@@ -198,7 +199,7 @@ def _spread(result: runner.Result) -> str:
 
 def summarize(context: runner.Context, results) -> runner.Summary:
   config, s, dataset = context.config, context.settings, context.dataset
-  budget, ln_n = config.steps, math.log(dataset.num_classes)
+  budget, ln_n = config.steps, losses.expected_initial_loss(dataset.num_classes)
   times = learning_times(s, results, budget)
   rows = []
   for depth in sorted(s.depths):
