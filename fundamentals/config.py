@@ -136,6 +136,11 @@ class Config(Knobs):
                       '(fundamentals/batchnorm.py); the same up to the variance\'s '
                       'rounding.', group='model', sweep=True,
                       choices=_names('batchnorm', 'IMPLEMENTATIONS'))
+  precision: str = knob(
+      'float32', 'Matmul precision: float32, or bfloat16 (bf16 matmul inputs with '
+      'float32 accumulation, forward and backward; parameters, optimizer state and BN '
+      'statistics stay float32).', group='model', sweep=True,
+      choices=_names('precision', 'DOT_GENERALS'))
   bn_unbiased_running_var: bool = knob(
       False, 'PyTorch\'s convention: the running variance averages the unbiased '
       'm/(m-1)*var_B (needs --bn_impl=ours); default: the biased var_B, as Flax.',
@@ -166,6 +171,10 @@ class Config(Knobs):
       'run finishes); 0: none.', group='run')
   seed: int = knob(0, 'Random seed (init, shuffling, augmentation).', group='run',
                    sweep=True, per_run=True)
+  data_seed: int = knob(
+      -1, 'Seed of the training-data order (the shuffling); -1: --seed\'s. Vectorized '
+      'runs that share it share one batch sequence, so their first layers are one '
+      'wide matmul.', group='run', sweep=True, per_run=True)
   workdir: str = knob('', 'Run directory (default: runs/<timestamp>-<experiment>).',
                       group='run')
   # Devices.
@@ -195,10 +204,13 @@ class Config(Knobs):
 
 def validate(config: Config):
   """Raises ValueError naming the first invalid setting and what would be valid."""
+  if config.data_seed < -1:
+    raise ValueError(f'data_seed={config.data_seed} must be >= 0, or -1 for --seed\'s')
   # Imported here so that building a Config stays cheap for callers that only parse.
   from fundamentals import activations, augment, batchnorm, initializers  # pylint: disable=g-import-not-at-top
-  from fundamentals import optimizers, schedules  # pylint: disable=g-import-not-at-top
+  from fundamentals import optimizers, precision, schedules  # pylint: disable=g-import-not-at-top
   augment.validate(config.augment)
+  precision.get_dot_general(config.precision)
   if not 0 <= config.validation_fraction < 1:
     raise ValueError(f'validation_fraction={config.validation_fraction} must be in '
                      '[0, 1)')
@@ -246,6 +258,10 @@ def validate(config: Config):
   if not (math.isfinite(config.output_scale) and config.output_scale >= 0):
     raise ValueError(f'output_scale={config.output_scale} must be finite and >= 0')
   optimizers.get_optimizer(config.optimizer)
+  if config.precision != 'float32' and config.optimizer == 'manual_sgd':
+    raise ValueError(f'precision={config.precision!r} applies to jax.grad\'s matmuls; '
+                     'optimizer=\'manual_sgd\' (the hand-written backward) runs in '
+                     'float32 only')
   if not 0 <= config.momentum < 1:
     raise ValueError(f'momentum={config.momentum} must be in [0, 1)')
   if not 0 <= config.bn_momentum < 1:

@@ -19,6 +19,7 @@ from flax import nnx
 from fundamentals import activations
 from fundamentals import batchnorm as batchnorm_lib
 from fundamentals import initializers
+from fundamentals import precision as precision_lib
 
 Taps = dict[str, jax.Array]
 """One hidden layer's intermediates: ``dense`` u = W·h + b (the BatchNorm input),
@@ -45,6 +46,8 @@ class MLP(nnx.Module):
       gain of a linear layer.
     init_gain: the hidden kernels' gain, overriding the scheme's (None: its own).
     bias_std: std σ_b of the hidden biases at init, N(0, σ_b²); 0: zeros.
+    precision: the matmuls' precision (``precision.DOT_GENERALS``): ``'bfloat16'``
+      rounds every Dense product's inputs to bfloat16, accumulating in float32.
     output_scale: factor on the output kernel at init. Small values (0.1, 0.01) give
       near-uniform initial predictions, loss ≈ ln N: the fix for overconfident logits.
     rngs: Flax NNX random streams.
@@ -57,7 +60,7 @@ class MLP(nnx.Module):
                bn_unbiased_running_var: bool = False,
                output_init: str = 'same',
                output_scale: float = 1.0, init_gain: float | None = None,
-               bias_std: float = 0.0, rngs: nnx.Rngs):
+               bias_std: float = 0.0, precision: str = 'float32', rngs: nnx.Rngs):
     if in_features < 1 or num_classes < 1 or any(w < 1 for w in hidden):
       raise ValueError(f'sizes must be positive: {in_features=}, {hidden=}, '
                        f'{num_classes=}')
@@ -66,12 +69,13 @@ class MLP(nnx.Module):
     if bias_std and batchnorm:
       raise ValueError(f'{bias_std=} needs batchnorm=False (before BN a Dense has no bias)')
     kernel_init = initializers.get_initializer(init, activation=activation, gain=init_gain)
+    dot_general = precision_lib.get_dot_general(precision)
     bias_init = (jax.nn.initializers.normal(bias_std) if bias_std
                  else jax.nn.initializers.zeros)
     widths = [in_features, *hidden]
     self.dense = nnx.List([
         nnx.Linear(n_in, n_out, use_bias=not batchnorm, kernel_init=kernel_init,
-                   bias_init=bias_init, rngs=rngs)
+                   bias_init=bias_init, dot_general=dot_general, rngs=rngs)
         for n_in, n_out in zip(widths[:-1], widths[1:])
     ])
     bn_layer = batchnorm_lib.get_implementation(bn_impl)
@@ -85,7 +89,7 @@ class MLP(nnx.Module):
     self.output = nnx.Linear(
         widths[-1], num_classes,
         kernel_init=lambda *a, **k: output_scale * base_output_init(*a, **k),
-        rngs=rngs)
+        dot_general=dot_general, rngs=rngs)
 
   def forward(self, x: jax.Array, *, perturb: Sequence[jax.Array] | None = None
               ) -> tuple[jax.Array, list[Taps]]:
@@ -128,7 +132,8 @@ def create_model(config, *, num_features: int, num_classes: int, key: jax.Array)
       bn_momentum=config.bn_momentum, bn_epsilon=config.bn_epsilon,
       bn_impl=config.bn_impl, bn_unbiased_running_var=config.bn_unbiased_running_var,
       output_init=config.output_init, output_scale=config.output_scale,
-      init_gain=config.init_gain or None, bias_std=config.bias_std, rngs=nnx.Rngs(params=key))
+      init_gain=config.init_gain or None, bias_std=config.bias_std,
+      precision=config.precision, rngs=nnx.Rngs(params=key))
 
 
 def merge(graph: nnx.GraphDef, params, batch_stats) -> MLP:
