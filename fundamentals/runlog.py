@@ -208,17 +208,18 @@ class GroupLog:
     if self.init_future is not None and (diagnose or self.init_future.done()):
       self._take_init_diagnostics()
 
-  def dispatched(self, metrics):
-    """A step was dispatched: its metrics wait for the next record; host work is
-    done while the device runs it."""
-    self.pending.append(metrics)
-    self.bar.advance()
+  def dispatched(self, metrics, count: int | None = None):
+    """A step was dispatched (or ``count`` steps, whose metrics have a last axis of
+    steps, ``train.make_train_steps``): its metrics wait for the next record; host
+    work is done while the device runs it."""
+    self.pending.append((metrics, count))
+    self.bar.advance(count or 1)
     while self.host_work:
       self.host_work.pop(0)()
 
   def collect(self, done: int):
     """Fetches the pending metrics into each active run's new record."""
-    fetched = per_run(jax.device_get(self.pending), self.vectorized)
+    fetched = per_run(steps_of(jax.device_get(self.pending)), self.vectorized)
     now = time.time()
     examples_per_sec = (done - self.last_step) * self.config.batch_size / (
         now - self.last_time)
@@ -342,6 +343,18 @@ def first_non_finite_step(step_losses: np.ndarray, *, first_step: int,
   if scalars is not None and not diagnostics.is_finite(scalars):
     return first_step + len(step_losses) - 1
   return None
+
+
+def steps_of(pending: list[tuple[dict[str, Any], int | None]]) -> list[dict[str, Any]]:
+  """One metrics dict per step from ``dispatched``'s entries: a single step's as it
+  is, a multi-step call's split along its last axis (its first ``count`` entries)."""
+  steps = []
+  for metrics, count in pending:
+    if count is None:
+      steps.append(metrics)
+    else:
+      steps += [{k: v[..., j] for k, v in metrics.items()} for j in range(count)]
+  return steps
 
 
 def per_run(tree, vectorized: bool) -> list:

@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import os
 import pathlib
+import time
 from typing import Callable, Iterator, TypeVar
 
 import jax
@@ -24,10 +25,25 @@ T = TypeVar('T')
 # --platform values: '' lets JAX pick (accelerator when present, else CPU).
 PLATFORMS = ('', 'cpu', 'cuda', 'rocm', 'tpu')
 # Computations that take less to compile than this are not worth a cache file.
-MIN_CACHED_COMPILE_S = 0.2
+MIN_CACHED_COMPILE_S = 0.0
 BATCH_AXIS = 'batch'
 # jax.monitoring's event for one XLA compilation (or persistent-cache load).
 BACKEND_COMPILE_EVENT = '/jax/core/compile/backend_compile_duration'
+
+
+def seconds_since_process_start() -> float:
+  """Wall seconds since this process started (Linux ``/proc``; elsewhere since this
+  module was imported)."""
+  try:
+    stat = pathlib.Path('/proc/self/stat').read_text()
+    ticks = int(stat.rsplit(')', 1)[1].split()[19])
+    uptime = float(pathlib.Path('/proc/uptime').read_text().split()[0])
+    return uptime - ticks / os.sysconf('SC_CLK_TCK')
+  except (OSError, ValueError, IndexError):
+    return time.perf_counter() - _IMPORTED
+
+
+_IMPORTED = time.perf_counter()
 
 
 def default_compilation_cache() -> str:

@@ -119,8 +119,11 @@ class Start(NamedTuple):
 
 def initial_state(config: Config, dataset: data_lib.Dataset) -> Start:
   """The initialized model and optimizer of a run: ``key(seed)`` splits into the
-  init, shuffling and augmentation keys, here and nowhere else."""
+  init, shuffling and augmentation keys, here and nowhere else (the shuffling key
+  from ``key(data_seed)`` instead when ``data_seed`` is set)."""
   init_key, shuffle_key, augment_key = jax.random.split(jax.random.key(config.seed), 3)
+  if config.data_seed >= 0:  # The order a run of seed=data_seed would have.
+    shuffle_key = jax.random.split(jax.random.key(config.data_seed), 3)[1]
   model = models.create_model(config, num_features=dataset.num_features,
                               num_classes=dataset.num_classes, key=init_key)
   lsuv = apply_data_dependent_init(config, model, dataset)
@@ -146,11 +149,50 @@ def batch_order(epoch_perm: Callable[[int], jax.Array], *, steps_per_epoch: int,
     yield step, perm, position
 
 
+def chunk_length(config: Config, steps_per_epoch: int) -> int:
+  """Most steps one compiled call runs (``Steps.train_steps``): a window between two
+  records, within one epoch."""
+  every = [config.log_every, steps_per_epoch, config.steps]
+  if config.diagnostics_every:
+    every.append(config.diagnostics_every)
+  return max(1, min(every))
+
+
+def windows(epoch_perm: Callable[[int], jax.Array], config: Config, *,
+            steps_per_epoch: int, start: int, first_alone: bool = False):
+  """Yields ``(done, perm, position, count, diagnose)`` for the steps from ``start``:
+  ``count`` consecutive steps ending at step ``done`` (1-based), from batch
+  ``position`` of the epoch order ``perm`` (made once per epoch). A window ends at
+  each record step (:func:`is_record_step`) and at each epoch's end; ``diagnose``:
+  its last step is a diagnostics step. ``first_alone``: the first step is a window of
+  its own (so that the time to a first finished step can be taken)."""
+  step, perm, perm_epoch = start, None, None
+  while step < config.steps:
+    epoch, position = divmod(step, steps_per_epoch)
+    if epoch != perm_epoch:
+      perm, perm_epoch = epoch_perm(epoch), epoch
+    done = min(next_record_step(step, config), (epoch + 1) * steps_per_epoch)
+    if first_alone and step == start:
+      done = step + 1
+    yield done, perm, position, done - step, is_diagnostics_step(done, config)
+    step = done
+
+
+def next_record_step(step: int, config: Config) -> int:
+  """The first record step (1-based, :func:`is_record_step`) after ``step`` steps."""
+  candidates = [config.steps, (step // config.log_every + 1) * config.log_every]
+  if config.diagnostics_every:
+    every = config.diagnostics_every
+    candidates.append((step // every + 1) * every)
+  return min(candidates)
+
+
 def make_train_step(graphs: Graphs, tx: optax.GradientTransformation, *,
                     batch_size: int, gradients: Callable = optimizers.autodiff_gradients,
                     augment: Callable | None = None,
                     mesh: jax.sharding.Mesh | None = None,
-                    vectorized: bool = False) -> Callable:
+                    vectorized: bool = False, shared_order: bool = False,
+                    jit: bool = True) -> Callable:
   """Returns ``train_step(state, images, labels, perm, position, mean, std)``, jitted.
 
   The batch is ``perm[position·B : (position+1)·B]`` of the on-device dataset.
@@ -166,7 +208,9 @@ def make_train_step(graphs: Graphs, tx: optax.GradientTransformation, *,
   (data parallelism): parameters stay replicated, and XLA sums gradients and
   BatchNorm's batch statistics over the global batch. ``vectorized``: ``state`` and
   ``perm`` carry a leading axis of runs, trained together (``jax.vmap``) on the
-  shared dataset.
+  shared dataset; with ``shared_order`` the runs share one ``perm`` (no leading axis:
+  one batch for all, so each layer's product for every run is one wide matmul of the
+  shared batch). ``jit=False``: the traceable function, for :func:`make_train_steps`.
   """
 
   def train_step(state: TrainState, images, labels, perm, position, mean, std,
@@ -200,10 +244,42 @@ def make_train_step(graphs: Graphs, tx: optax.GradientTransformation, *,
     def train_step(state, images, labels, perm, position, mean, std,  # pylint: disable=function-redefined
                    with_diagnostics=False):
       step = functools.partial(single, with_diagnostics=with_diagnostics)
-      return jax.vmap(step, in_axes=(0, None, None, 0, None, None, None))(
-          state, images, labels, perm, position, mean, std)
+      return jax.vmap(step, in_axes=(0, None, None, None if shared_order else 0, None,
+                                     None, None))(state, images, labels, perm, position,
+                                                  mean, std)
 
+  if not jit:
+    return train_step
   return jax.jit(train_step, donate_argnums=0, static_argnames='with_diagnostics')
+
+
+def make_train_steps(train_step: Callable) -> Callable:
+  """Returns ``train_steps(state, images, labels, perm, position, count, mean, std, *,
+  length)``, jitted: ``count`` ≤ ``length`` consecutive steps of ``train_step``
+  (:func:`make_train_step` with ``jit=False``) from batch ``position`` of the epoch
+  order ``perm``, in one compiled call (a ``lax.fori_loop``; ``count`` is a value, so
+  every count up to ``length`` shares one compilation).
+
+  The same steps as calling the one-step function ``count`` times, bit for bit
+  (tested), with one dispatch instead of ``count``. Metrics: ``loss`` and
+  ``accuracy`` of every step, ``[..., length]`` (entries ≥ ``count`` are 0).
+  """
+
+  def train_steps(state: TrainState, images, labels, perm, position, count, mean, std, *,
+                  length: int):
+    def body(i, carry):
+      state, losses, accuracies = carry
+      state, metrics = train_step(state, images, labels, perm, position + i, mean, std)
+      return (state,
+              jax.lax.dynamic_update_index_in_dim(losses, metrics['loss'], i, -1),
+              jax.lax.dynamic_update_index_in_dim(accuracies, metrics['accuracy'], i, -1))
+
+    shape = (*jnp.shape(state.step), length)
+    zeros = jnp.zeros(shape, jnp.result_type(float))
+    state, losses, accuracies = jax.lax.fori_loop(0, count, body, (state, zeros, zeros))
+    return state, {'loss': losses, 'accuracy': accuracies}
+
+  return jax.jit(train_steps, donate_argnums=0, static_argnames='length')
 
 
 def make_eval_step(graphs: Graphs, *, vectorized: bool = False) -> Callable:
@@ -228,12 +304,13 @@ def make_eval_step(graphs: Graphs, *, vectorized: bool = False) -> Callable:
 class Steps(NamedTuple):
   train: Callable
   eval: Callable
+  train_steps: Callable  # Several train steps per call (make_train_steps).
 
 
 @functools.lru_cache(maxsize=16)
 def compiled_steps(graphs: Graphs, canonical: Config, *,
                    mesh: jax.sharding.Mesh | None = None,
-                   vectorized: bool = False) -> Steps:
+                   vectorized: bool = False, shared_order: bool = False) -> Steps:
   """The jitted train and eval steps of one structure, made once per process.
 
   Every run whose graphs and :func:`canonical_config` are equal gets the same jitted
@@ -241,12 +318,13 @@ def compiled_steps(graphs: Graphs, canonical: Config, *,
   momentum, seed and init are values in the state, not constants.
   """
   tx, _ = optimizers.create(canonical)
-  return Steps(
-      make_train_step(graphs, tx, batch_size=canonical.batch_size,
-                      gradients=optimizers.gradients_of(canonical.optimizer),
-                      augment=augment_lib.make_augment(canonical.augment), mesh=mesh,
-                      vectorized=vectorized),
-      make_eval_step(graphs, vectorized=vectorized))
+  make = functools.partial(
+      make_train_step, graphs, tx, batch_size=canonical.batch_size,
+      gradients=optimizers.gradients_of(canonical.optimizer),
+      augment=augment_lib.make_augment(canonical.augment), mesh=mesh,
+      vectorized=vectorized, shared_order=shared_order)
+  return Steps(make(), make_eval_step(graphs, vectorized=vectorized),
+               make_train_steps(make(jit=False)))
 
 
 def evaluate(eval_step: Callable, state: TrainState, images: np.ndarray,
@@ -353,16 +431,22 @@ def fit_group(configs: Sequence[Config], *, dataset: data_lib.Dataset | None = N
   runs, starts = _start_runs(configs, dataset, start_step=start_step, found=found,
                              overwrite=overwrite, echo=echo, mesh=mesh)
   graphs = starts[0].graphs
+  # Runs with one data order (``data_seed``) share each batch: one perm, not one each.
+  shared_order = vectorized and all(
+      bool(jnp.all(jax.random.key_data(s.shuffle_key)
+                   == jax.random.key_data(starts[0].shuffle_key))) for s in starts)
   steps = compiled_steps(graphs, canonical_config(config), mesh=mesh,
-                         vectorized=vectorized)
+                         vectorized=vectorized, shared_order=shared_order)
   place = (lambda x: runtime.replicate(x, mesh)) if mesh is not None else jax.device_put
   state = place(_stack([s.state for s in starts]) if vectorized else starts[0].state)
   images, labels = place(dataset.train_images), place(dataset.train_labels)
   mean, std = place(np.asarray(dataset.mean)), place(np.asarray(dataset.std))
 
   def epoch_perm(epoch):
-    perms = [epoch_permutation(s.shuffle_key, epoch, len(labels)) for s in starts]
-    return place(jnp.stack(perms) if vectorized else perms[0])
+    if shared_order or not vectorized:
+      return place(epoch_permutation(starts[0].shuffle_key, epoch, len(labels)))
+    return place(jnp.stack([epoch_permutation(s.shuffle_key, epoch, len(labels))
+                            for s in starts]))
 
   log = runlog.GroupLog(runs, config=config, start_step=start_step, echo=echo,
                         vectorized=vectorized)
@@ -374,14 +458,28 @@ def fit_group(configs: Sequence[Config], *, dataset: data_lib.Dataset | None = N
             if config.diagnostics_every and not start_step else None,
             resumed=bool(start_step))
   last_checkpoint = start_step
-  for step, perm, position in batch_order(epoch_perm, steps_per_epoch=steps_per_epoch,
-                                          start=start_step, stop=config.steps):
-    done = step + 1
-    diagnose = is_diagnostics_step(done, config)
-    log.before_step(diagnose)
-    state, metrics = steps.train(state, images, labels, perm, position, mean, std,
-                                 with_diagnostics=diagnose)
-    log.dispatched(metrics)
+  length = chunk_length(config, steps_per_epoch)
+  at = lambda value: place(np.int32(value))  # An explicit transfer.
+  first_step_s = None
+  for done, perm, position, count, diagnose in windows(
+      epoch_perm, config, steps_per_epoch=steps_per_epoch, start=start_step,
+      first_alone=True):
+    plain = count - diagnose  # A diagnostics step runs on its own, as the last one.
+    if plain:
+      log.before_step(False)
+      with jax.transfer_guard('disallow'):  # Nothing implicit: no hidden host sync.
+        state, metrics = steps.train_steps(state, images, labels, perm, at(position),
+                                           at(plain), mean, std, length=length)
+      log.dispatched(metrics, count=plain)
+    if diagnose:
+      log.before_step(True)
+      with jax.transfer_guard('disallow'):
+        state, metrics = steps.train(state, images, labels, perm, at(position + plain),
+                                     mean, std, with_diagnostics=True)
+      log.dispatched(metrics)
+    if first_step_s is None:  # One wait, for the time to the first finished step.
+      jax.block_until_ready(metrics)
+      first_step_s = runtime.seconds_since_process_start()
     if not is_record_step(done, config):
       continue
     log.collect(done)
@@ -409,6 +507,8 @@ def fit_group(configs: Sequence[Config], *, dataset: data_lib.Dataset | None = N
       'normalization': {'mean': dataset.mean.tolist(), 'std': dataset.std.tolist(),
                         'train_examples': len(dataset.train_labels)},
       'devices': mesh.size if mesh is not None else 1,
+      # From process start: imports, data, init, compilation and the first step.
+      'first_step_s': first_step_s,
   }
   summaries = log.finish(final, facts=facts, train_loop_s=train_loop_s,
                          start_step=start_step, drawn=drawn, start_time=start_time)

@@ -415,3 +415,91 @@ def test_checkpoints_change_no_record(tmp_path, small_dataset):
   with pytest.raises(Interrupted):  # Saved at step 12, the first record step after 10.
     run(tmp_path, 'cut', small_dataset, **base, checkpoint_every=10, echo=interrupt_at(18))
   assert sorted(train.checkpoints.available(tmp_path / 'cut')) == [12]
+
+
+def _one_structure(small_dataset, **overrides):
+  config = Config(**{**TINY, 'hidden': (16,), **overrides})
+  start = train.initial_state(config, small_dataset)
+  steps = train.compiled_steps(start.graphs, train.canonical_config(config))
+  arrays = [jax.device_put(a) for a in (small_dataset.train_images,
+                                        small_dataset.train_labels,
+                                        np.asarray(small_dataset.mean),
+                                        np.asarray(small_dataset.std))]
+  perm = train.epoch_permutation(start.shuffle_key, 0, len(small_dataset.train_labels))
+  return start, steps, arrays, perm
+
+
+def test_several_steps_per_call_are_the_one_step_calls_bit_for_bit(small_dataset):
+  start, steps, (images, labels, mean, std), perm = _one_structure(small_dataset)
+  one = jax.tree.map(jnp.copy, start.state)
+  losses = []
+  for position in range(2, 7):
+    one, metrics = steps.train(one, images, labels, perm, position, mean, std)
+    losses.append(float(metrics['loss']))
+  many, metrics = steps.train_steps(jax.tree.map(jnp.copy, start.state), images, labels,
+                                    perm, 2, 5, mean, std, length=8)
+  assert np.asarray(metrics['loss']).tolist() == losses + [0.0] * 3
+  for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(many)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_windows_end_at_records_and_epochs_and_cover_every_step():
+  config = Config(**{**TINY, 'steps': 45, 'log_every': 10, 'diagnostics_every': 15})
+  epochs = []
+  got = list(train.windows(lambda e: epochs.append(e) or e, config, steps_per_epoch=12,
+                           start=0, first_alone=True))
+  ends = [w[0] for w in got]
+  assert ends == [1, 10, 12, 15, 20, 24, 30, 36, 40, 45]
+  assert sum(w[3] for w in got) == 45 and epochs == [0, 1, 2, 3]
+  for done, epoch, position, count, diagnose in got:
+    assert 0 < count <= train.chunk_length(config, 12) or done == 1
+    assert (done - count) // 12 == epoch and position == (done - count) % 12
+    assert diagnose == train.is_diagnostics_step(done, config)
+  resumed = list(train.windows(lambda e: e, config, steps_per_epoch=12, start=20))
+  assert [w[0] for w in resumed] == [24, 30, 36, 40, 45]
+
+
+def test_the_steady_state_loop_allows_no_implicit_transfer(small_dataset):
+  start, steps, (images, labels, mean, std), perm = _one_structure(small_dataset)
+  state = jax.tree.map(jnp.copy, start.state)
+  with jax.transfer_guard('disallow'):
+    with pytest.raises(Exception, match='Disallowed host-to-device transfer'):
+      steps.train_steps(state, images, labels, perm, 0, 3, mean, std, length=4)
+    state, metrics = steps.train_steps(state, images, labels, perm, jax.device_put(np.int32(0)),
+                                       jax.device_put(np.int32(3)), mean, std, length=4)
+  assert np.isfinite(jax.device_get(metrics['loss'])).all()
+  # train.fit dispatches under this guard: every run of these tests passes through it.
+
+
+def test_runs_sharing_a_data_order_train_on_one_batch_and_match_alone(
+    tmp_path, small_dataset, monkeypatch):
+  base = dict(TINY, steps=12, log_every=4, eval_every=12, hidden=(16,), data_seed=7)
+  asked = []
+  compiled = train.compiled_steps
+  monkeypatch.setattr(train, 'compiled_steps',
+                      lambda *a, **k: asked.append(k) or compiled(*a, **k))
+  together = train.fit_group([Config(workdir=str(tmp_path / f'v{s}'), seed=s, **base)
+                              for s in (0, 1, 2)], dataset=small_dataset,
+                             echo=lambda line: None)
+  assert asked[-1]['shared_order'] and asked[-1]['vectorized']
+  for s in (0, 1, 2):
+    alone = train.fit(Config(workdir=str(tmp_path / f'a{s}'), seed=s, **base),
+                      dataset=small_dataset, echo=lambda line: None).summary
+    records = [rundir.read_jsonl(tmp_path / f'{kind}{s}' / 'metrics.jsonl')
+               for kind in ('v', 'a')]
+    np.testing.assert_allclose([r['train_loss'] for r in records[0]],
+                               [r['train_loss'] for r in records[1]], rtol=2e-5)
+    assert together[s].summary['final_test_loss'] == pytest.approx(
+        alone['final_test_loss'], rel=1e-4)
+  # data_seed only moves the order: a run with data_seed = seed is the default run.
+  same = run(tmp_path, 'same', small_dataset, seed=3, data_seed=3, steps=8)
+  default = run(tmp_path, 'default', small_dataset, seed=3, steps=8)
+  other = run(tmp_path, 'other', small_dataset, seed=3, data_seed=4, steps=8)
+  assert same['final_train_loss'] == default['final_train_loss']
+  assert other['final_train_loss'] != default['final_train_loss']
+  assert same['initial_loss'] == other['initial_loss']  # the same init
+
+
+def test_a_run_records_the_time_to_its_first_finished_step(tmp_path, small_dataset):
+  summary = run(tmp_path, 'first', small_dataset, steps=3)
+  assert 0 < summary['first_step_s'] < summary['wall_time_s'] + 60
