@@ -7,9 +7,11 @@ batches are gathered and normalized on device by :func:`normalize`.
 """
 
 import dataclasses
+import json
 import os
 import pathlib
 import tempfile
+import zipfile
 
 from absl import logging
 import jax
@@ -172,17 +174,65 @@ def split_validation(images: np.ndarray, labels: np.ndarray, fraction: float, *,
   return (images[~mask], labels[~mask]), (images[mask], labels[mask])
 
 
+def _locator_path() -> pathlib.Path:
+  from fundamentals import rundir  # pylint: disable=g-import-not-at-top
+  return rundir.default_cache_dir() / 'tfds_arrays.json'
+
+
+def _locator_key(name: str, data_dir: str | None) -> str:
+  root = data_dir or os.environ.get('TFDS_DATA_DIR') or '~/tensorflow_datasets'
+  return f'{name}@{pathlib.Path(root).expanduser().resolve()}'
+
+
+def _read_npz(path: pathlib.Path) -> dict[str, np.ndarray]:
+  with np.load(path) as f:
+    return {k: f[k] for k in f.files}
+
+
+def _located_arrays(name: str, data_dir: str | None):
+  """``(class_names, arrays)`` of a dataset an earlier load decoded, found through
+  the locator (``$FUNDAMENTALS_CACHE/tfds_arrays.json``) without importing TFDS and
+  TensorFlow (seconds at start-up); None when there is none or it cannot be read."""
+  try:
+    entry = json.loads(_locator_path().read_text())[_locator_key(name, data_dir)]
+    return tuple(entry['class_names']), _read_npz(pathlib.Path(entry['arrays']))
+  except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile):
+    return None
+
+
+def _locate(name: str, data_dir: str | None, arrays_path: pathlib.Path,
+            class_names: tuple[str, ...]):
+  """Records where ``name``'s decoded arrays are (best effort: a read-only cache
+  directory only costs the next start-up the TFDS import)."""
+  path = _locator_path()
+  try:
+    entries = json.loads(path.read_text()) if path.exists() else {}
+    entries[_locator_key(name, data_dir)] = {'arrays': str(arrays_path),
+                                             'class_names': list(class_names)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile('w', dir=path.parent, suffix='.json',
+                                     delete=False) as f:
+      json.dump(entries, f)
+    os.replace(f.name, path)
+  except (OSError, ValueError):
+    pass
+
+
 def _load_tfds(name: str, data_dir: str | None):
+  located = _located_arrays(name, data_dir)
+  if located is not None:
+    return located
   builder = _builder(name, data_dir)
   _prepare(builder, name)
   cache = pathlib.Path(builder.data_dir) / _CACHE_NAME
   if cache.exists():
-    with np.load(cache) as f:
-      arrays = {k: f[k] for k in f.files}
+    arrays = _read_npz(cache)
   else:
     arrays = _decode(builder)
     _save_atomically(cache, arrays)
-  return tuple(builder.info.features['label'].names), arrays
+  class_names = tuple(builder.info.features['label'].names)
+  _locate(name, data_dir, cache, class_names)
+  return class_names, arrays
 
 
 def load(name: str = BUILTIN, *, data_dir: str | None = None,

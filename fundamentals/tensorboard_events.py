@@ -11,7 +11,6 @@ import pathlib
 from typing import Any
 
 import numpy as np
-from tensorboardX import SummaryWriter
 
 HISTOGRAM_BINS = 50
 """Equal-width bins (NumPy's); TensorBoard's own exponential buckets cost 1.5× as much."""
@@ -28,8 +27,24 @@ _RECORD_TAGS = {
 }
 
 
+class LazyWriter:
+  """A ``tensorboardX.SummaryWriter`` made when first used: importing tensorboardX
+  (which imports PyTorch whenever it is installed) takes seconds that a run's first
+  step need not wait for."""
+
+  def __init__(self, **kwargs):
+    self._kwargs = kwargs
+    self._writer = None
+
+  def __getattr__(self, name: str):
+    if self._writer is None:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self._writer = SummaryWriter(**self._kwargs)
+    return getattr(self._writer, name)
+
+
 def create_writer(logdir: str | pathlib.Path, *, overwrite: bool = False,
-                  purge_step: int | None = None) -> SummaryWriter:
+                  purge_step: int | None = None) -> LazyWriter:
   """A writer of ``events.out.tfevents.*`` files in ``logdir`` (the run directory).
 
   With ``overwrite``, the event files of a previous run there are deleted first:
@@ -39,7 +54,7 @@ def create_writer(logdir: str | pathlib.Path, *, overwrite: bool = False,
   if overwrite:
     for path in pathlib.Path(logdir).glob('events.out.tfevents.*'):
       path.unlink()
-  return SummaryWriter(logdir=str(logdir), purge_step=purge_step)
+  return LazyWriter(logdir=str(logdir), purge_step=purge_step)
 
 
 def scalar_tags(record: dict[str, Any]) -> dict[str, float]:
@@ -56,14 +71,14 @@ def scalar_tags(record: dict[str, Any]) -> dict[str, float]:
   return tags
 
 
-def write_record(writer: SummaryWriter, record: dict[str, Any]):
+def write_record(writer: LazyWriter, record: dict[str, Any]):
   """The record's finite scalars (a diverged run's NaNs are in metrics.jsonl)."""
   for tag, value in scalar_tags(record).items():
     if math.isfinite(value):
       writer.add_scalar(tag, value, record['step'])
 
 
-def write_histograms(writer: SummaryWriter, step: int, samples: dict[str, Any]):
+def write_histograms(writer: LazyWriter, step: int, samples: dict[str, Any]):
   """One histogram per sampled tensor: ``activation/layer0``, ``weight/dense/0/kernel``."""
   for kind, values in samples.items():
     named = (values.items() if isinstance(values, dict)

@@ -1,6 +1,8 @@
 """Shared fixtures: the small built-in dataset, prepared once per test session."""
 
+import os
 import pathlib
+import tempfile
 
 import pytest
 
@@ -9,6 +11,9 @@ from fundamentals import data
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FRUITS30 = REPO.parent / 'shared' / 'data' / 'fruits30'
 SMALL = 'synthetic_fruits/small'
+# Caches the tests write (the dataset locator, compilation caches) stay out of the
+# user's ~/.cache unless a cache directory was chosen.
+os.environ.setdefault('FUNDAMENTALS_CACHE', tempfile.mkdtemp(prefix='fundamentals-tests-'))
 
 
 @pytest.fixture(scope='session')

@@ -1,3 +1,5 @@
+import pathlib
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -88,3 +90,25 @@ def test_run_summary_records_the_training_split_normalization(tmp_path, small_da
   np.testing.assert_allclose(summary['normalization']['mean'], small_dataset.mean)
   np.testing.assert_allclose(summary['normalization']['std'], small_dataset.std)
   assert summary['normalization']['train_examples'] == 600
+
+
+def test_a_located_dataset_loads_without_tfds_and_falls_back_when_stale(
+    data_dir, tmp_path, monkeypatch):
+  monkeypatch.setenv('FUNDAMENTALS_CACHE', str(tmp_path / 'cache'))
+  first = data.load('synthetic_fruits/small', data_dir=data_dir)  # Records the locator.
+  assert (tmp_path / 'cache' / 'tfds_arrays.json').exists()
+
+  def no_tfds(*args, **kwargs):
+    raise AssertionError('built a TFDS builder although the arrays were located')
+  with monkeypatch.context() as m:
+    m.setattr(data, '_builder', no_tfds)
+    again = data.load('synthetic_fruits/small', data_dir=data_dir)
+  np.testing.assert_array_equal(first.train_images, again.train_images)
+  assert again.class_names == first.class_names and again.name == first.name
+  # A locator that points at nothing (or at a damaged file) is ignored, not trusted.
+  (tmp_path / 'cache' / 'tfds_arrays.json').write_text(
+      '{"synthetic_fruits/small@%s": {"arrays": "%s", "class_names": ["x"]}}'
+      % (pathlib.Path(data_dir).resolve(), tmp_path / 'gone.npz'))
+  assert data.load('synthetic_fruits/small', data_dir=data_dir).class_names == first.class_names
+  (tmp_path / 'cache' / 'tfds_arrays.json').write_text('{not json')
+  assert len(data.load('synthetic_fruits/small', data_dir=data_dir).train_labels) == 600
