@@ -3,13 +3,15 @@
 Each module declares which runs it needs, how it summarizes them and what it checks
 (``fundamentals.runner``); none copies the training loop or runs its members itself.
 ``LIBRARY`` is what ``--experiment=all`` runs, in the course's order: the lessons,
-then the papers reproduced.
+then the papers reproduced (not ``train``, the plain run, nor ``benchmark``, the
+step's speed).
 """
 
 from experiments import augmentation
 from experiments import backprop
 from experiments import batchnorm
 from experiments import batchnorm_ioffe
+from experiments import benchmark
 from experiments import deep_relu
 from experiments import edge_of_chaos
 from experiments import glorot_saturation
@@ -28,6 +30,7 @@ MODULES = (
     backprop,
     batchnorm,
     batchnorm_ioffe,
+    benchmark,
     deep_relu,
     edge_of_chaos,
     glorot_saturation,
@@ -51,7 +54,7 @@ COURSE_ORDER = ('loss_init', 'signal_propagation', 'backprop', 'batchnorm',
 
 LIBRARY: dict[str, runner.Experiment] = {
     name: EXPERIMENTS[name]
-    for name in sorted(set(EXPERIMENTS) - {'train'},
+    for name in sorted(set(EXPERIMENTS) - {'train', 'benchmark'},
                        key=lambda n: (COURSE_ORDER.index(n) if n in COURSE_ORDER
                                       else len(COURSE_ORDER), n))}
 
@@ -69,10 +72,10 @@ def describe() -> str:
   """One line per experiment: its name, its purpose and the paper it reproduces;
   the library's order, then ``train``."""
   lines = []
-  for name, e in [*LIBRARY.items(), ('train', EXPERIMENTS['train'])]:
+  for name, e in [*LIBRARY.items(), *((n, EXPERIMENTS[n]) for n in ('train', 'benchmark'))]:
     lines.append(f'{name:<20} {e.description}')
     if e.paper:
       lines.append(f'{"":<20}   reproduces: {e.paper}')
-  lines.append(f'{"all":<20} Every experiment above but train, at one --scale, into one '
+  lines.append(f'{"all":<20} Every experiment above but train and benchmark, at one --scale, into one '
                'directory with an index report.md.')
   return '\n'.join(lines)

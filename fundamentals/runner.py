@@ -157,6 +157,8 @@ class Experiment:
       and the report; empty for a lesson of the course.
     scales: ``{'tiny' | 'full': Scale}``, values replacing ``defaults`` and the
       settings' defaults at that scale (module docstring); ``default`` is none.
+    needs_data: whether its members use the dataset (else it is not loaded unless
+      asked for: ``Context.dataset``).
   """
   name: str
   description: str
@@ -171,6 +173,7 @@ class Experiment:
   verbose: bool = False
   paper: str = ''
   scales: dict[str, Scale] = dataclasses.field(default_factory=dict)
+  needs_data: bool = True
 
   def scale(self, name: str) -> Scale:
     """The scale ``name``; raises ValueError naming the ones this experiment has."""
@@ -235,9 +238,10 @@ def prepare(experiment: Experiment, config: Config, *, settings=None,
   if workdir.exists() and not workdir.is_dir():
     raise FileExistsError(f'--workdir={workdir} exists and is not a directory')
   sweep.check_manifest(workdir, manifest, overwrite=overwrite)
-  dataset = dataset if dataset is not None else data_lib.load_configured(config)
-  for member in members:
-    train.check_fits(member.config, dataset)
+  if experiment.needs_data:
+    dataset = dataset if dataset is not None else data_lib.load_configured(config)
+    for member in members:
+      train.check_fits(member.config, dataset)
   return Context(config, settings, workdir, dataset, scale), members, manifest
 
 
