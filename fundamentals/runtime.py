@@ -25,7 +25,7 @@ T = TypeVar('T')
 # --platform values: '' lets JAX pick (accelerator when present, else CPU).
 PLATFORMS = ('', 'cpu', 'cuda', 'rocm', 'tpu')
 # Computations that take less to compile than this are not worth a cache file.
-MIN_CACHED_COMPILE_S = 0.0
+MIN_CACHED_COMPILE_S = 0.2
 BATCH_AXIS = 'batch'
 # jax.monitoring's event for one XLA compilation (or persistent-cache load).
 BACKEND_COMPILE_EVENT = '/jax/core/compile/backend_compile_duration'
