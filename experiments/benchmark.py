@@ -87,9 +87,11 @@ def summarize(context: runner.Context, results) -> runner.Summary:
       f'{context.settings.rounds} interleaved rounds, each case in a fresh process; '
       'figures are medians over rounds, ratios medians of per-round ratios against the '
       'PyTorch case of the same model that ran beside it ("best": the faster of PyTorch '
-      'float32 and bfloat16 autocast in that round). Sweep rows count the steps of all '
-      'members (member-steps/s). Eval, input, diagnostics and matmul-peak columns come '
-      'from the first round.\n\n' + table + '\n')
+      'float32 and bfloat16 autocast in that round). In sweep rows a step advances every '
+      'member (examples/s and GFLOP/s count them all). "% of matmul peak": achieved '
+      'matmul FLOP/s over that of a 2048² matmul of the same library and precision '
+      'timed in the same process. Eval, input and diagnostics columns come from the '
+      'first round.\n\n' + table + '\n')
   if not output['with_torch']:
     text += "\nPyTorch was not importable, so there are no ratios (pip install -e '.[bench]').\n"
   return runner.Summary(

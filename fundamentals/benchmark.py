@@ -208,6 +208,7 @@ def measure_jax(spec: dict[str, Any]) -> dict[str, Any]:
   result.update(first_loss=first_loss, first_step_s=first_step_s,
                 compile_s=max(first_call_s - step_s, 0.0), library=f'jax {jax.__version__}',
                 backend=jax.default_backend(), device=jax.devices()[0].device_kind)
+  result['matmul_peak_flops'] = jax_matmul_peak(spec['precision'])
   if spec.get('extras') and not vectorized and members == 1:
     eval_images = jax.device_put(dataset.train_images)
     rates = []
@@ -225,8 +226,7 @@ def measure_jax(spec: dict[str, Any]) -> dict[str, Any]:
     result.update(
         eval_examples_per_s=statistics.median(rates),
         input_share=(1 / input_rate) / step_s,
-        diagnostics_share=max(1 / diag_rate - step_s, 0.0) / every / step_s,
-        matmul_peak_flops=jax_matmul_peak(spec['precision']))
+        diagnostics_share=max(1 / diag_rate - step_s, 0.0) / every / step_s)
   result.update(flops_per_step=flops, flops_per_s=flops * result['steps_per_s'],
                 examples_per_s=result['steps_per_s'] * spec['batch_size'] * members,
                 peak_resident_mb=peak_resident_mb())
@@ -234,20 +234,23 @@ def measure_jax(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _input_pipeline(images, mean, std, *, batch_size: int, steps_per_epoch: int):
-  """``gathers(perm, count)``: the train step's input part alone (batch gather from the
-  epoch order and normalization), ``count`` batches in one compiled loop (a checksum
-  keeps them computed), so that its time per batch has no dispatch in it."""
+  """``gathers(perm, count)``: the train step's input part alone (the batch gathered
+  from the epoch order and normalized, as ``train.make_train_step`` does), ``count``
+  batches in one compiled loop, each materialized as the step's first matmul reads it,
+  so that its time per batch has no dispatch in it."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from fundamentals import data as data_lib  # pylint: disable=g-import-not-at-top
+  flat = jnp.reshape(images, (images.shape[0], -1))
 
   @jax.jit
   def gathers(perm, count):
-    def body(i, total):
+    def body(i, previous):
       idx = jax.lax.dynamic_slice_in_dim(perm, (i % steps_per_epoch) * batch_size,
                                          batch_size)
-      return total + jnp.sum(data_lib.normalize(images[idx], mean, std))
-    return jax.lax.fori_loop(0, count, body, jnp.zeros(()))
+      # Depends on the previous batch (one element), so no iteration is skipped.
+      return data_lib.normalize(flat[idx], mean, std) + 0 * previous[0, 0]
+    return jax.lax.fori_loop(0, count, body, jnp.zeros((batch_size, flat.shape[1])))[0, 0]
 
   return gathers
 
@@ -280,8 +283,7 @@ def measure_torch(spec: dict[str, Any]) -> dict[str, Any]:
   result.update(flops_per_step=flops, flops_per_s=flops * result['steps_per_s'],
                 examples_per_s=result['steps_per_s'] * spec['batch_size'] * members,
                 peak_resident_mb=peak_resident_mb())
-  if spec.get('extras'):
-    result['matmul_peak_flops'] = torch_matmul_peak(spec['precision'])
+  result['matmul_peak_flops'] = torch_matmul_peak(spec['precision'])
   return result
 
 
@@ -408,7 +410,7 @@ def run_rounds(cases: list[dict[str, Any]], *, rounds: int, directory: pathlib.P
                timing: dict[str, float], echo: Callable[[str], Any] = print
                ) -> list[dict[str, Any]]:
   """Every case ``rounds`` times, interleaved: round 1 runs them all in order, then
-  round 2, … Round 1 also measures the extras (evaluation, input, diagnostics, peak)."""
+  round 2, … Round 1 also measures the extras (evaluation, input, diagnostics)."""
   inputs = write_inputs(directory, cases)
   runs = []
   for r in range(1, rounds + 1):

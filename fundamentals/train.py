@@ -216,9 +216,12 @@ def make_train_step(graphs: Graphs, tx: optax.GradientTransformation, *,
   def train_step(state: TrainState, images, labels, perm, position, mean, std,
                  with_diagnostics: bool = False):
     idx = jax.lax.dynamic_slice_in_dim(perm, position * batch_size, batch_size)
-    batch = images[idx]
+    # Whole rows of the flattened images (a free reshape): a 2× faster gather on
+    # XLA:CPU than that of [H, W, C] blocks.
+    batch = jnp.reshape(images, (images.shape[0], -1))[idx]
     if augment is not None:
-      batch = augment(jax.random.fold_in(state.augment_key, state.step), batch)
+      batch = augment(jax.random.fold_in(state.augment_key, state.step),
+                      batch.reshape(batch_size, *images.shape[1:]))
     x = data_lib.normalize(batch, mean, std)
     y = labels[idx]
     if mesh is not None:
