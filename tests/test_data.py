@@ -112,3 +112,14 @@ def test_a_located_dataset_loads_without_tfds_and_falls_back_when_stale(
   assert data.load('synthetic_fruits/small', data_dir=data_dir).class_names == first.class_names
   (tmp_path / 'cache' / 'tfds_arrays.json').write_text('{not json')
   assert len(data.load('synthetic_fruits/small', data_dir=data_dir).train_labels) == 600
+
+
+def test_channel_stats_from_histograms_equal_the_float_computation():
+  images = np.random.default_rng(0).integers(0, 256, (37, 5, 4, 3), dtype=np.uint8)
+  mean, std = data.channel_stats(images)
+  x = images.astype(np.float64) / 255.0
+  np.testing.assert_allclose(mean, x.mean(axis=(0, 1, 2)), rtol=1e-6)
+  np.testing.assert_allclose(std, x.std(axis=(0, 1, 2)), rtol=1e-6)
+  wide = data.channel_stats(images.astype(np.int16))  # The chunked float64 path.
+  np.testing.assert_allclose(mean, wide[0], rtol=1e-7)
+  np.testing.assert_allclose(std, wide[1], rtol=1e-7)
