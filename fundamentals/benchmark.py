@@ -208,7 +208,12 @@ def measure_jax(spec: dict[str, Any]) -> dict[str, Any]:
   result.update(first_loss=first_loss, first_step_s=first_step_s,
                 compile_s=max(first_call_s - step_s, 0.0), library=f'jax {jax.__version__}',
                 backend=jax.default_backend(), device=jax.devices()[0].device_kind)
-  result['matmul_peak_flops'] = jax_matmul_peak(spec['precision'])
+  # An accelerator needs a larger product than a CPU to reach its peak.
+  result['matmul_peak_flops'] = jax_matmul_peak(
+      spec['precision'], size=2048 if jax.default_backend() == 'cpu' else 8192)
+  stats = jax.devices()[0].memory_stats() or {}
+  if 'peak_bytes_in_use' in stats:
+    result['device_peak_mb'] = stats['peak_bytes_in_use'] / 2**20
   if spec.get('extras') and not vectorized and members == 1:
     eval_images = jax.device_put(dataset.train_images)
     rates = []
@@ -350,12 +355,12 @@ def plan(*, models=(512, 64), precisions=('float32', 'bfloat16'), sweep_members:
 
 
 def write_inputs(directory: pathlib.Path, cases: list[dict[str, Any]], *,
-                 epochs: int = 4) -> dict[str, Any]:
+                 epochs: int = 4, num_examples: int = NUM_EXAMPLES) -> dict[str, Any]:
   """The shared random dataset (with seed 0's epoch orders, for PyTorch) and each
   seed's initial weights of each model, as the project draws them; returns the paths."""
   from fundamentals import train  # pylint: disable=g-import-not-at-top
   directory.mkdir(parents=True, exist_ok=True)
-  arrays = random_dataset()
+  arrays = random_dataset(num_examples)
   dataset = _dataset_object(arrays)
   paths = {'data': str(directory / 'data.npz'), 'init': {}}
   order = None
@@ -407,11 +412,11 @@ def run_child(spec: dict[str, Any], path: pathlib.Path, *, timeout_s: float = 90
 
 
 def run_rounds(cases: list[dict[str, Any]], *, rounds: int, directory: pathlib.Path,
-               timing: dict[str, float], echo: Callable[[str], Any] = print
-               ) -> list[dict[str, Any]]:
+               timing: dict[str, float], echo: Callable[[str], Any] = print,
+               num_examples: int = NUM_EXAMPLES) -> list[dict[str, Any]]:
   """Every case ``rounds`` times, interleaved: round 1 runs them all in order, then
   round 2, … Round 1 also measures the extras (evaluation, input, diagnostics)."""
-  inputs = write_inputs(directory, cases)
+  inputs = write_inputs(directory, cases, num_examples=num_examples)
   runs = []
   for r in range(1, rounds + 1):
     for i, c in enumerate(cases):
