@@ -1,12 +1,17 @@
 """Datasets as in-memory uint8 arrays, read through tensorflow-datasets.
 
-TFDS prepares and reads the data (TensorFlow is imported only here, CPU-only, and only
-when a split must be decoded); the decoded splits are cached as one ``.npz`` beside the
-prepared data so later runs skip TensorFlow entirely. Images stay uint8 in memory;
+TFDS prepares and reads the data without TensorFlow wherever it can: the built-in
+dataset is stored as ArrayRecord and every dataset stored in a random-access format
+(ArrayRecord, Parquet) is read through ``builder.as_data_source()``, which decodes
+images with Pillow or OpenCV. Only a dataset stored as TFRecord (``tfds build``'s
+default) needs TensorFlow (the ``tensorflow`` extra), imported here, CPU-only; without
+it, loading one fails at once saying so. The decoded splits are cached as one ``.npz``
+beside the prepared data so later runs skip decoding. Images stay uint8 in memory;
 batches are gathered and normalized on device by :func:`normalize`.
 """
 
 import dataclasses
+import importlib
 import json
 import os
 import pathlib
@@ -21,6 +26,11 @@ import numpy as np
 BUILTIN = 'synthetic_fruits'
 IMAGE_FOLDER = 'image_folder'
 _CACHE_NAME = 'fundamentals_arrays.npz'
+INSTALL_TENSORFLOW = "pip install -e '.[tensorflow]'"
+
+
+class TensorFlowMissingError(ImportError, ValueError):
+  """A dataset needs TensorFlow, which is not installed (a user error for the CLI)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,12 +119,40 @@ def padded_batches(images: np.ndarray, batch_size: int):
     yield x, mask
 
 
-def _tensorflow_on_cpu_only():
-  """Imports TensorFlow with every GPU hidden, so it never claims accelerator memory."""
+def _tensorflow_on_cpu_only(needed_for: str, *, otherwise: str):
+  """Imports TensorFlow with every GPU hidden, so it never claims accelerator memory.
+
+  Raises:
+    TensorFlowMissingError: naming ``needed_for``, the extra to install, and the
+      ``otherwise`` that avoids TensorFlow.
+  """
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  try:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise TensorFlowMissingError(f'{needed_for} needs TensorFlow, which is not '
+                                 f'installed: {INSTALL_TENSORFLOW}; or {otherwise}') from None
   tf.config.set_visible_devices([], 'GPU')
   return tf
+
+
+def _storage_format() -> str:
+  """The file format the built-in dataset is prepared in: ArrayRecord, written and
+  read without TensorFlow, where it is installed (everywhere but Windows); else
+  TFRecord, which needs TensorFlow."""
+  try:
+    importlib.import_module('array_record')
+  except ImportError:
+    return 'tfrecord'
+  return 'array_record'
+
+
+def _reads_without_tensorflow(builder) -> bool:
+  """Whether ``builder`` is stored in a random-access format (ArrayRecord, Parquet),
+  which ``as_data_source`` reads without TensorFlow."""
+  from tensorflow_datasets.core import file_adapters  # pylint: disable=g-import-not-at-top
+  return bool(builder.info.available_file_formats()
+              & file_adapters.FileFormat.with_random_access())
 
 
 def _builder(name: str, data_dir):
@@ -138,20 +176,50 @@ def _prepare(builder, name: str):
     raise FileNotFoundError(
         f'Dataset {name!r} is not prepared under {builder.data_dir_root} and this '
         f'machine will not download it. Prepare it where there is network with '
-        f'`tfds build {name} --data_dir=DIR` and pass --data_dir=DIR.')
-  logging.info('Preparing %s under %s (once)...', name, builder.data_dir)
-  _tensorflow_on_cpu_only()
-  builder.download_and_prepare()
+        f'`tfds build {name} --data_dir=DIR --file_format=array_record` (read '
+        'without TensorFlow; the default TFRecord needs it) and pass --data_dir=DIR.')
+  file_format = _storage_format()
+  logging.info('Preparing %s under %s as %s (once)...', name, builder.data_dir,
+               file_format)
+  if file_format == 'tfrecord':
+    _tensorflow_on_cpu_only(f'Preparing {name} without ArrayRecord',
+                            otherwise='pip install array_record')
+  builder.download_and_prepare(file_format=file_format)
 
 
 def _decode(builder) -> dict[str, np.ndarray]:
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  _tensorflow_on_cpu_only()
-  arrays = {}
+  """``{split}_images`` and ``{split}_labels`` of the train and test splits, through
+  ``as_data_source`` (no TensorFlow) or, for TFRecord, TensorFlow's ``as_dataset``."""
   for split in ('train', 'test'):
     if split not in builder.info.splits:
       raise ValueError(f'{builder.name} has no {split!r} split; it has '
                        f'{sorted(builder.info.splits)}')
+  if not builder.info.supervised_keys:
+    raise ValueError(f'{builder.name} has no supervised keys (image, label)')
+  if not _reads_without_tensorflow(builder):
+    return _decode_with_tensorflow(builder)
+  image_key, label_key = builder.info.supervised_keys
+  arrays = {}
+  for split in ('train', 'test'):
+    source = builder.as_data_source(split=split)
+    examples = source.__getitems__(range(len(source)))
+    arrays[f'{split}_images'] = np.stack([e[image_key] for e in examples]).astype(np.uint8)
+    arrays[f'{split}_labels'] = np.asarray([e[label_key] for e in examples], np.int32)
+  return arrays
+
+
+def _decode_with_tensorflow(builder) -> dict[str, np.ndarray]:
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  name = builder.name + (f'/{builder.builder_config.name}' if builder.builder_config else '')
+  stored = builder.info.file_format.value if builder.info.file_format else 'tfrecord'
+  _tensorflow_on_cpu_only(
+      f'Reading {name}, stored as {stored} under {builder.data_dir},',
+      otherwise=(f'delete {builder.data_dir} to prepare it again as ArrayRecord'
+                 if builder.name == BUILTIN else
+                 f'rebuild it with `tfds build {name} --file_format=array_record`')
+      + ', which reads without TensorFlow')
+  arrays = {}
+  for split in ('train', 'test'):
     images, labels = tfds.as_numpy(builder.as_dataset(
         split=split, batch_size=-1, as_supervised=True))
     arrays[f'{split}_images'] = images.astype(np.uint8)

@@ -9,10 +9,13 @@ colour, shape and texture under nuisance variation: well above chance, below 100
 Rendering is deterministic: image ``i`` of split ``s`` is drawn from
 ``numpy.random.default_rng([seed, s, i])``. The builder is a real
 ``tfds.core.GeneratorBasedBuilder`` so it is prepared and read like any TFDS dataset,
-offline, in seconds.
+offline, in seconds, and without TensorFlow: the images are handed to TFDS as Pillow
+images, which TFDS encodes with Pillow (NumPy arrays it encodes with
+``tf.image.encode_png``), and ``fundamentals.data`` stores them as ArrayRecord.
 """
 
 import numpy as np
+from PIL import Image
 import tensorflow_datasets as tfds
 
 IMAGE_SIZE = 64
@@ -157,4 +160,5 @@ class SyntheticFruits(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, split, num_per_class):
     for key, image, label in generate(split, num_per_class):
-      yield key, {'image': image, 'label': label}
+      # PNG is lossless: Pillow's encoding decodes to the pixels TensorFlow's did.
+      yield key, {'image': Image.fromarray(image), 'label': label}

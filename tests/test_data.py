@@ -1,10 +1,36 @@
+import hashlib
+import importlib.util
+import json
+import os
 import pathlib
+import shutil
+import subprocess
+import sys
 
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image
 import pytest
 
+from conftest import REPO, SMALL
 from fundamentals import data
+
+# sha256 of the small dataset's train/test images and labels, in order, as TensorFlow
+# prepared (TFRecord) and decoded them (tensorflow-cpu 2.21, TFDS 4.9.10) before the
+# dataset moved to ArrayRecord; the default config's was eed3cc0b76a58f43…
+TENSORFLOW_DIGEST = 'c7433ff5779f0964e7e5682ed4f89b04eb5a82661ced0f56d2eb0d66f435a829'
+_SPLIT_ARRAYS = ('train_images', 'train_labels', 'test_images', 'test_labels')
+
+
+def digest(arrays) -> str:
+  h = hashlib.sha256()
+  for name in _SPLIT_ARRAYS:
+    h.update(np.ascontiguousarray(arrays[name]).tobytes())
+  return h.hexdigest()
+
+
+def as_arrays(ds: data.Dataset) -> dict:
+  return {name: getattr(ds, name) for name in _SPLIT_ARRAYS}
 
 
 def test_small_dataset_shapes_dtypes_and_labels(small_dataset):
@@ -49,8 +75,86 @@ def test_loading_is_deterministic(small_dataset, tmp_path):
 
 
 def test_unprepared_catalog_dataset_fails_fast_with_instructions(tmp_path):
-  with pytest.raises(FileNotFoundError, match='tfds build mnist'):
+  with pytest.raises(FileNotFoundError,
+                     match='tfds build mnist .*--file_format=array_record'):
     data.load('mnist', data_dir=str(tmp_path))
+
+
+def test_the_built_in_dataset_is_bit_identical_to_the_tensorflow_prepared_one(
+    small_dataset, data_dir):
+  stored = pathlib.Path(data_dir, SMALL, '1.0.0')
+  assert list(stored.glob('*.array_record-*')) and not list(stored.glob('*.tfrecord-*'))
+  assert small_dataset.train_images.dtype == np.uint8
+  assert small_dataset.train_labels.dtype == np.int32
+  assert digest(as_arrays(small_dataset)) == TENSORFLOW_DIGEST
+
+
+@pytest.mark.skipif(importlib.util.find_spec('tensorflow') is None,
+                    reason='the tensorflow extra is not installed')
+def test_tfrecord_through_tensorflow_gives_the_same_arrays(small_dataset, tmp_path,
+                                                           monkeypatch):
+  monkeypatch.setattr(data, '_storage_format', lambda: 'tfrecord')  # As on Windows.
+  ds = data.load(SMALL, data_dir=str(tmp_path))
+  assert list(pathlib.Path(tmp_path, SMALL, '1.0.0').glob('*.tfrecord-*'))
+  for name, array in as_arrays(small_dataset).items():
+    np.testing.assert_array_equal(getattr(ds, name), array)
+
+
+# Hides TensorFlow from imports, as if it were not installed, keeping it from
+# importlib.util.find_spec too (which a None in sys.modules would not; TFDS then takes
+# TensorFlow for loaded and fails).
+_WITHOUT_TENSORFLOW = """
+import importlib.machinery, sys
+class PathFinderWithoutTensorFlow(importlib.machinery.PathFinder):
+  @classmethod
+  def find_spec(cls, name, path=None, target=None):
+    if name.partition('.')[0] == 'tensorflow':
+      return None
+    return super().find_spec(name, path, target)
+sys.meta_path[sys.meta_path.index(importlib.machinery.PathFinder)] = (
+    PathFinderWithoutTensorFlow)
+"""
+
+
+def test_without_tensorflow_the_built_in_dataset_and_image_folders_load_and_tfrecord_says_why(
+    data_dir, tmp_path):
+  # A TFRecord copy of the prepared dataset: its metadata is all that is read before
+  # TensorFlow would be needed (TFRecord cannot be written without TensorFlow).
+  tfrecord = tmp_path / 'tfrecord' / SMALL / '1.0.0'
+  shutil.copytree(pathlib.Path(data_dir, SMALL, '1.0.0'), tfrecord,
+                  ignore=shutil.ignore_patterns(data._CACHE_NAME))
+  info = json.loads((tfrecord / 'dataset_info.json').read_text())
+  (tfrecord / 'dataset_info.json').write_text(json.dumps({**info, 'fileFormat': 'tfrecord'}))
+  folder = tmp_path / 'folder'
+  for split in ('train', 'test'):
+    for name in ('apple', 'pear'):
+      (folder / split / name).mkdir(parents=True)
+      Image.new('RGB', (8, 8), (9, 9, 9)).save(folder / split / name / '0.png')
+  code = _WITHOUT_TENSORFLOW + f"""
+import hashlib, numpy as np
+from fundamentals import data
+ds = data.load({SMALL!r}, data_dir={str(tmp_path)!r})
+h = hashlib.sha256()
+for name in {_SPLIT_ARRAYS!r}:
+  h.update(np.ascontiguousarray(getattr(ds, name)).tobytes())
+print(h.hexdigest())
+print(data.load('image_folder', data_dir={str(folder)!r}, image_size=8).train_images.shape)
+try:
+  data.load({SMALL!r}, data_dir={str(tmp_path / 'tfrecord')!r})
+except data.TensorFlowMissingError as e:
+  print(e)
+assert not [m for m in sys.modules if m.partition('.')[0] == 'tensorflow'], 'TF imported'
+"""
+  result = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True,
+                          text=True, env={**os.environ,
+                                          'FUNDAMENTALS_CACHE': str(tmp_path / 'cache')})
+  assert result.returncode == 0, result.stderr[-3000:]
+  digest_line, folder_line, message = result.stdout.strip().splitlines()[-3:]
+  assert digest_line == TENSORFLOW_DIGEST
+  assert folder_line == '(2, 8, 8, 3)'
+  assert message.startswith(f'Reading {SMALL}, stored as tfrecord under {tfrecord},')
+  assert "needs TensorFlow, which is not installed: pip install -e '.[tensorflow]'" in message
+  assert f'or delete {tfrecord} to prepare it again as ArrayRecord' in message
 
 
 def test_unknown_dataset_is_named(tmp_path):

@@ -1,4 +1,5 @@
 import numpy as np
+from PIL import Image
 import pytest
 
 from fundamentals import synthetic_fruits as sf
@@ -40,3 +41,12 @@ def test_mean_hue_separates_classes_of_different_hue():
   within = np.mean([np.linalg.norm(a - b) for a in red for b in red if a is not b])
   across = np.mean([np.linalg.norm(a - b) for a in red for b in blue])
   assert across > 2 * within
+
+
+def test_tfds_stores_the_rendered_pixels_losslessly_through_pillow(tmp_path):
+  builder = sf.SyntheticFruits(config='small', data_dir=str(tmp_path))
+  key, example = next(builder._generate_examples('test', 1))  # pylint: disable=protected-access
+  assert isinstance(example['image'], Image.Image)  # Encoded by Pillow, not TensorFlow.
+  feature = builder.info.features['image']
+  decoded = feature.decode_example_np(feature.encode_example(example['image']))
+  np.testing.assert_array_equal(decoded, sf.render(0, np.random.default_rng([0, 1, key])))
