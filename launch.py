@@ -29,9 +29,11 @@ from fundamentals.config import Config
 cli.define(Config)
 cli.define(runner.Options)
 cli.define(runtime.Options)
-for _experiment in experiments.EXPERIMENTS.values():
-  if _experiment.settings is not None:
-    cli.define(_experiment.settings, prefix=_experiment.settings_prefix)
+# Experiments may share one settings class (evaluate and predict): defined once.
+for _settings, _prefix in dict.fromkeys(
+    (e.settings, e.settings_prefix) for e in experiments.EXPERIMENTS.values()
+    if e.settings is not None):
+  cli.define(_settings, prefix=_prefix)
 for _name in ('experiment', 'dataset', 'hidden', 'activation', 'init', 'batchnorm', 'lr',
               'schedule', 'steps', 'seed', 'workdir'):
   flags.declare_key_flag(_name)  # Also listed by --help; --helpfull has them all.
@@ -49,9 +51,11 @@ def main(argv):
       return
     chosen = (experiments.LIBRARY if name == 'all'
               else {name: experiments.get_experiment(name)})
+    chosen_settings = {e.settings for e in chosen.values()}
     for other in experiments.EXPERIMENTS.values():
       stray = (cli.given(other.settings, prefix=other.settings_prefix)
-               if other.name not in chosen and other.settings is not None else [])
+               if other.settings not in chosen_settings and other.settings is not None
+               else [])
       if stray:
         raise ValueError(f'{", ".join(stray)} apply to --experiment={other.name} only')
     settings = {n: cli.explicit(e.settings, prefix=e.settings_prefix)

@@ -3,8 +3,8 @@
 Each module declares which runs it needs, how it summarizes them and what it checks
 (``fundamentals.runner``); none copies the training loop or runs its members itself.
 ``LIBRARY`` is what ``--experiment=all`` runs, in the course's order: the lessons,
-then the papers reproduced (not ``train``, the plain run, nor ``benchmark``, the
-step's speed).
+then the papers reproduced (not the ``TOOLS``: ``train``, the plain run, ``benchmark``,
+the step's speed, and ``evaluate`` and ``predict``, which use a run's kept model).
 """
 
 from experiments import augmentation
@@ -14,6 +14,7 @@ from experiments import batchnorm_ioffe
 from experiments import benchmark
 from experiments import deep_relu
 from experiments import edge_of_chaos
+from experiments import evaluate
 from experiments import glorot_saturation
 from experiments import init_activation
 from experiments import loss_init
@@ -21,6 +22,7 @@ from experiments import lr_range_test
 from experiments import lr_schedules
 from experiments import lsuv
 from experiments import orthogonal_depth
+from experiments import predict
 from experiments import signal_propagation
 from experiments import train
 from fundamentals import runner
@@ -33,6 +35,7 @@ MODULES = (
     benchmark,
     deep_relu,
     edge_of_chaos,
+    evaluate,
     glorot_saturation,
     init_activation,
     loss_init,
@@ -40,12 +43,15 @@ MODULES = (
     lr_schedules,
     lsuv,
     orthogonal_depth,
+    predict,
     signal_propagation,
     train,
 )
 
 EXPERIMENTS: dict[str, runner.Experiment] = {
     module.EXPERIMENT.name: module.EXPERIMENT for module in MODULES}
+
+TOOLS = ('train', 'benchmark', 'evaluate', 'predict')
 
 COURSE_ORDER = ('loss_init', 'signal_propagation', 'backprop', 'batchnorm',
                 'lr_schedules', 'lr_range_test', 'init_activation', 'augmentation',
@@ -54,7 +60,7 @@ COURSE_ORDER = ('loss_init', 'signal_propagation', 'backprop', 'batchnorm',
 
 LIBRARY: dict[str, runner.Experiment] = {
     name: EXPERIMENTS[name]
-    for name in sorted(set(EXPERIMENTS) - {'train', 'benchmark'},
+    for name in sorted(set(EXPERIMENTS) - set(TOOLS),
                        key=lambda n: (COURSE_ORDER.index(n) if n in COURSE_ORDER
                                       else len(COURSE_ORDER), n))}
 
@@ -72,10 +78,10 @@ def describe() -> str:
   """One line per experiment: its name, its purpose and the paper it reproduces;
   the library's order, then ``train``."""
   lines = []
-  for name, e in [*LIBRARY.items(), *((n, EXPERIMENTS[n]) for n in ('train', 'benchmark'))]:
+  for name, e in [*LIBRARY.items(), *((n, EXPERIMENTS[n]) for n in TOOLS)]:
     lines.append(f'{name:<20} {e.description}')
     if e.paper:
       lines.append(f'{"":<20}   reproduces: {e.paper}')
-  lines.append(f'{"all":<20} Every experiment above but train and benchmark, at one --scale, into one '
+  lines.append(f'{"all":<20} Every experiment above but {", ".join(TOOLS)}, at one --scale, into one '
                'directory with an index report.md.')
   return '\n'.join(lines)

@@ -30,7 +30,6 @@ import functools
 import math
 
 import numpy as np
-from matplotlib import patheffects
 
 from fundamentals import plots
 from fundamentals import runner
@@ -244,6 +243,8 @@ def curve(activation: str, s: Settings) -> dict[str, np.ndarray]:
 
 def trainability_figure(grid: list[Cell], s: Settings, theory_curve, *, threshold: float,
                         critical_sigma_w2: float, title: str):
+  # matplotlib when drawing, not with the module (as plots.Figure): --helpfull draws nothing.
+  from matplotlib import patheffects  # pylint: disable=g-import-not-at-top
   depths, variances = sorted(s.depths), sorted(s.weight_variances)
   accuracy = np.full((len(depths), len(variances)), np.nan)
   for c in grid:

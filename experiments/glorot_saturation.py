@@ -31,7 +31,6 @@ import dataclasses
 import math
 
 import numpy as np
-from matplotlib import cm
 
 from fundamentals import activations
 from fundamentals import data as data_lib
@@ -218,6 +217,8 @@ def _cases(s: Settings) -> list[tuple[str, str]]:
 def activations_figure(s: Settings, results):
   """Fig. 2/3 style: per member, one line per hidden layer (its mean activation over
   training), shaded between its 2nd and 98th percentiles."""
+  # matplotlib when drawing, not with the module (as plots.Figure): --helpfull draws nothing.
+  from matplotlib import cm  # pylint: disable=g-import-not-at-top
   fig, axes = plots.figure(len(s.activations), len(s.inits),
                            size=(4.6 * len(s.inits), 3.3 * len(s.activations)), dpi=90)
   colors = cm.viridis(np.linspace(0, 0.9, s.depth))

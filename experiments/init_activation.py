@@ -17,8 +17,6 @@ import math
 import statistics
 
 import numpy as np
-import matplotlib
-from matplotlib import colors as mcolors
 
 from fundamentals import activations
 from fundamentals import diagnostics
@@ -167,6 +165,9 @@ def heatmap_figure(values: np.ndarray, text: np.ndarray, *, rows: list[str],
                    columns: list[str], title: str, label: str, log: bool = False):
   """A heatmap of ``values`` [rows, columns] (NaN: blank), each cell with its ``text``;
   ``log``: a logarithmic colour scale (the initial loss spans decades)."""
+  # matplotlib when drawing, not with the module (as plots.Figure): --helpfull draws nothing.
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  from matplotlib import colors as mcolors  # pylint: disable=g-import-not-at-top
   fig, axes = plots.figure(1, 1, size=(2.2 + 1.5 * len(columns), 1.3 + 0.42 * len(rows)),
                            dpi=90)
   ax = axes[0][0]

@@ -16,7 +16,6 @@ import math
 
 import jax
 import numpy as np
-from matplotlib import cm
 
 from fundamentals import activations
 from fundamentals import data as data_lib
@@ -255,11 +254,15 @@ def _title(activation: str, batchnorm: bool) -> str:
 
 
 def _colors(cases: list[Case]) -> dict:
+  # matplotlib when drawing, not with the module (as plots.Figure): --helpfull draws nothing.
+  from matplotlib import cm  # pylint: disable=g-import-not-at-top
   return {init: cm.tab10(i % 10) for i, init in enumerate(dict.fromkeys(c.init for c in cases))}
 
 
 def histogram_figure(cases: list[Case]):
   """One panel per case, one curve per layer: the distribution of activation values."""
+  # matplotlib when drawing, not with the module (as plots.Figure): --helpfull draws nothing.
+  from matplotlib import cm  # pylint: disable=g-import-not-at-top
   panels, inits = _panels(cases), list(dict.fromkeys(c.init for c in cases))
   fig, axes = plots.figure(len(panels), len(inits), size=(3.6 * len(inits), 2.8 * len(panels)))
   for c in cases:

@@ -171,29 +171,54 @@ def make_augment(names: Sequence[str]) -> Callable[[jax.Array, jax.Array], jax.A
   return augment
 
 
-def save_preview(path, images: np.ndarray, names: Sequence[str], *, seed: int = 0,
-                 copies: int = 7):
-  """Saves a PNG grid: each row one training image, then ``copies`` augmented draws."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+def preview_classes(labels: np.ndarray, *, classes: int) -> np.ndarray:
+  """Indices of one example (the first) from each of up to ``classes`` classes,
+  spread evenly over the classes present, in class order."""
+  present, first = np.unique(np.asarray(labels), return_index=True)
+  chosen = np.unique(np.linspace(0, len(present) - 1, min(classes, len(present))).round()
+                     .astype(int))
+  return first[chosen]
+
+
+def preview_figure(images: np.ndarray, labels: np.ndarray, names: Sequence[str], *,
+                   class_names: Sequence[str], seed: int = 0, copies: int = 7,
+                   classes: int = 6):
+  """A grid (``matplotlib.figure.Figure``): one row per class (:func:`preview_classes`)
+  labelled with its name, its original image then ``copies`` augmented draws."""
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   augment = make_augment(names)
   if augment is None:
     raise ValueError('no augmentation to preview')
+  chosen = preview_classes(labels, classes=classes)
+  originals = np.asarray(images)[chosen]
   augment = jax.jit(augment)
-  rows = [[img for img in images]]
-  for i in range(copies):
-    rows.append(list(np.asarray(augment(jax.random.key(seed * 1000 + i), images))))
-  fig, axes = plt.subplots(len(images), copies + 1,
-                           figsize=(1.2 * (copies + 1), 1.2 * len(images)), squeeze=False)
-  for c, column in enumerate(rows):
+  columns = [originals] + [np.asarray(augment(jax.random.key(seed * 1000 + i), originals))
+                           for i in range(copies)]
+  fig = Figure(figsize=(1.2 * (copies + 1) + 1.4, 1.2 * len(chosen) + 0.4),
+               layout='constrained')
+  axes = fig.subplots(len(chosen), copies + 1, squeeze=False)
+  for c, column in enumerate(columns):
     for r, img in enumerate(column):
-      axes[r, c].imshow(img)
-      axes[r, c].axis('off')
+      ax = axes[r, c]
+      ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap='gray', vmin=0, vmax=255)
+      ax.set_xticks([])
+      ax.set_yticks([])
+      for spine in ax.spines.values():
+        spine.set_visible(False)
+  for r, index in enumerate(chosen):
+    axes[r, 0].set_ylabel(class_names[labels[index]], rotation=0, ha='right',
+                          va='center', fontsize=7)
   axes[0, 0].set_title('original', fontsize=8)
   for c in range(1, copies + 1):
     axes[0, c].set_title(f'draw {c}', fontsize=8)
   fig.suptitle(f'augment={",".join(names)}', fontsize=9)
-  fig.tight_layout()
-  fig.savefig(path, dpi=80)
-  plt.close(fig)
+  return fig
+
+
+def save_preview(path, images: np.ndarray, labels: np.ndarray, names: Sequence[str], *,
+                 class_names: Sequence[str], seed: int = 0, copies: int = 7,
+                 classes: int = 6):
+  """Saves :func:`preview_figure` as a PNG: a row per class, each an image of it then
+  ``copies`` augmented draws."""
+  preview_figure(images, labels, names, class_names=class_names, seed=seed,
+                 copies=copies, classes=classes).savefig(path, dpi=80)

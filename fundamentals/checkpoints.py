@@ -53,15 +53,27 @@ def from_raw_leaves(leaves: list[np.ndarray], like):
       else np.asarray(x, dtype=np.asarray(t).dtype) for x, t in zip(leaves, template)])
 
 
+def save_arrays(path: pathlib.Path, tree):
+  """Saves the raw leaves of ``tree`` (:func:`raw_leaves`) into the orbax directory
+  ``path``, replacing one left there (e.g. by a process killed while saving it)."""
+  path = pathlib.Path(path)
+  if path.exists():
+    shutil.rmtree(path)
+  checkpointer = _checkpointer()
+  checkpointer.save(path.resolve(), {'leaves': raw_leaves(tree)})
+  checkpointer.wait_until_finished()
+
+
+def restore_arrays(path: pathlib.Path) -> list[np.ndarray]:
+  """The raw leaves :func:`save_arrays` saved in ``path``, as NumPy arrays (on any
+  machine: they hold no device placement)."""
+  return [np.asarray(x) for x in _checkpointer().restore(pathlib.Path(path).resolve())['leaves']]
+
+
 def save(workdir: pathlib.Path, step: int, state, *, host: dict[str, Any]):
   """Saves ``state`` after ``step`` steps, then ``host`` (JSON-ready) beside it."""
   root = pathlib.Path(workdir) / DIRNAME
-  path = root / str(step)
-  if path.exists():  # Left by a run killed while saving it.
-    shutil.rmtree(path)
-  checkpointer = _checkpointer()
-  checkpointer.save(path.resolve(), {'leaves': raw_leaves(state)})
-  checkpointer.wait_until_finished()
+  save_arrays(root / str(step), state)
   rundir.write_json(root / f'{step}.json', {'step': step, **host})
 
 
@@ -80,8 +92,7 @@ def available(workdir: pathlib.Path) -> dict[int, dict[str, Any]]:
 
 def restore_leaves(workdir: pathlib.Path, step: int) -> list[np.ndarray]:
   """The raw leaves saved after ``step`` steps (see :func:`from_raw_leaves`)."""
-  path = (pathlib.Path(workdir) / DIRNAME / str(step)).resolve()
-  return [np.asarray(x) for x in _checkpointer().restore(path)['leaves']]
+  return restore_arrays(pathlib.Path(workdir) / DIRNAME / str(step))
 
 
 def prune(workdir: pathlib.Path, *, keep: int):

@@ -33,10 +33,16 @@ def _help(field: dataclasses.Field) -> str:
   return text
 
 
+def flag_name(field: dataclasses.Field, prefix: str = '') -> str:
+  """``<prefix><name>``, the name a knob's ``flag`` metadata gives (for a flag that
+  cannot be a field name, such as ``--from``) or its field name."""
+  return prefix + (field.metadata.get('flag') or field.name)
+
+
 def define(cls, *, prefix: str = '', flag_values: flags.FlagValues = FLAGS):
   """Defines ``--<prefix><field>`` for every field of the knob dataclass ``cls``."""
   for field in dataclasses.fields(cls):
-    name, meta = prefix + field.name, field.metadata
+    name, meta = flag_name(field, prefix), field.metadata
     options = dict(flag_values=flag_values, module_name=meta['group'])
     if field.type is bool and not meta['sweep']:
       flags.DEFINE_boolean(name, field.default, _help(field), **options)
@@ -59,7 +65,7 @@ def values(cls, *, prefix: str = '', flag_values: flags.FlagValues = FLAGS
   """
   explicit, axes = {}, {}
   for field in dataclasses.fields(cls):
-    flag = flag_values[prefix + field.name]
+    flag = flag_values[flag_name(field, prefix)]
     if not flag.present:
       continue
     if isinstance(flag.value, bool):
@@ -76,8 +82,8 @@ def values(cls, *, prefix: str = '', flag_values: flags.FlagValues = FLAGS
 
 def given(cls, *, prefix: str = '', flag_values: flags.FlagValues = FLAGS) -> list[str]:
   """The flags of ``cls``'s fields that were given on the command line."""
-  return [f'--{prefix}{f.name}' for f in dataclasses.fields(cls)
-          if flag_values[prefix + f.name].present]
+  return [f'--{flag_name(f, prefix)}' for f in dataclasses.fields(cls)
+          if flag_values[flag_name(f, prefix)].present]
 
 
 def explicit(cls, *, prefix: str = '', flag_values: flags.FlagValues = FLAGS

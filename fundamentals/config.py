@@ -21,7 +21,7 @@ GROUPS = ('data', 'model', 'optimization', 'run', 'sweep', 'devices')
 def knob(default: Any, help: str, *, group: str, sweep: bool = False,  # pylint: disable=redefined-builtin
          per_run: bool = False,
          choices: Callable[[], Sequence[str]] | None = None,
-         words: Sequence[str] = ()) -> Any:
+         words: Sequence[str] = (), flag: str | None = None) -> Any:
   """A dataclass field that describes itself.
 
   Args:
@@ -36,10 +36,11 @@ def knob(default: Any, help: str, *, group: str, sweep: bool = False,  # pylint:
       registries).
     words: words a flag may give instead of a value (``--lr=auto``), read as
       themselves; whoever launches resolves them before the dataclass is built.
+    flag: the flag's name when it cannot be the field's (``--from``: ``from_``).
   """
   return dataclasses.field(default=default, metadata={
       'help': help, 'group': group, 'sweep': sweep, 'per_run': per_run,
-      'choices': choices, 'words': tuple(words)})
+      'choices': choices, 'words': tuple(words), 'flag': flag})
 
 
 def _names(module: str, registry: str) -> Callable[[], list[str]]:
@@ -146,15 +147,37 @@ class Config(Knobs):
       'm/(m-1)*var_B (needs --bn_impl=ours); default: the biased var_B, as Flax.',
       group='model')
   # Optimization.
-  optimizer: str = knob('sgd', 'sgd: optax SGD on jax.grad; manual_sgd: the '
-                        'hand-written backward pass and update (fundamentals/'
-                        'backprop.py).', group='optimization', sweep=True,
-                        choices=_names('optimizers', 'OPTIMIZERS'))
+  optimizer: str = knob(
+      'sgd', 'sgd (--momentum, --nesterov), adam, adamw: optax on jax.grad '
+      '(fundamentals/optimizers.py); manual_sgd: the hand-written backward pass and '
+      'heavy-ball update (fundamentals/backprop.py).', group='optimization', sweep=True,
+      choices=_names('optimizers', 'OPTIMIZERS'))
   lr: float = knob(0.05, 'Peak learning rate; "auto": the suggestion of the lr range '
                    'test (Smith, 2017; --experiment=lr_range_test) on this config.',
                    group='optimization', sweep=True, per_run=True, words=('auto',))
-  momentum: float = knob(0.9, 'SGD momentum (0 for plain SGD).', group='optimization',
+  momentum: float = knob(0.9, 'SGD momentum mu: v <- g + mu*v, theta <- theta - lr*v '
+                         '(0 for plain SGD; sgd and manual_sgd).', group='optimization',
                          sweep=True, per_run=True)
+  nesterov: bool = knob(False, 'Nesterov momentum for sgd: theta <- theta - lr*(g + '
+                        'mu*v) with the new v (PyTorch\'s form); needs --momentum > 0.',
+                        group='optimization', sweep=True)
+  weight_decay: float = knob(
+      0.0, 'Weight decay lambda on the kernels (not biases, not BatchNorm scale/shift); '
+      '0: off. adamw: decoupled, theta <- theta - lr_t*(adam_step + lambda*theta) '
+      '(Loshchilov & Hutter, 2019, as optax.adamw); sgd and adam: L2 in the gradient, '
+      'g <- g + lambda*theta (as PyTorch\'s SGD/Adam weight_decay).',
+      group='optimization', sweep=True, per_run=True)
+  grad_clip_norm: float = knob(
+      0.0, 'Clip the gradient to this global L2 norm before the update, g <- '
+      'g*min(1, c/||g||) (optax.clip_by_global_norm); 0: no clipping. sgd, adam, '
+      'adamw.', group='optimization', sweep=True, per_run=True)
+  adam_b1: float = knob(0.9, 'Adam\'s beta1, the decay of the gradient average m '
+                        '(adam, adamw).', group='optimization', sweep=True, per_run=True)
+  adam_b2: float = knob(0.999, 'Adam\'s beta2, the decay of the squared-gradient '
+                        'average v (adam, adamw).', group='optimization', sweep=True,
+                        per_run=True)
+  adam_eps: float = knob(1e-8, 'Adam\'s epsilon in m_hat/(sqrt(v_hat) + eps) (adam, '
+                         'adamw).', group='optimization', sweep=True, per_run=True)
   schedule: str = knob('cosine', 'Learning-rate schedule.', group='optimization',
                        sweep=True, choices=_names('schedules', 'SCHEDULES'))
   warmup_steps: int = knob(0, 'Linear warmup steps.', group='optimization', sweep=True)
@@ -163,6 +186,15 @@ class Config(Knobs):
   # Bookkeeping.
   log_every: int = knob(100, 'Steps between metrics records.', group='run')
   eval_every: int = knob(500, 'Steps between held-out evaluations.', group='run')
+  early_stopping_patience: int = knob(
+      0, 'Stop once the validation loss has not improved for this many evaluations '
+      '(one every --eval_every steps); the model of the best step is kept either way. '
+      '0: never stop early. Needs a validation split (--validation_fraction, or the '
+      'dataset\'s own).', group='run', sweep=True)
+  keep_model: bool = knob(
+      True, 'Keep the trained model in <workdir>/model/ (the final one, and the best '
+      'on the validation split when there is one), for --experiment=evaluate and '
+      '--experiment=predict.', group='run')
   diagnostics_every: int = knob(
       100, 'Steps between per-layer diagnostics (activation/gradient statistics, '
       'update:data ratios, histograms); 0 turns them off.', group='run')
@@ -233,6 +265,9 @@ def validate(config: Config):
   if config.diagnostics_every < 0:
     raise ValueError(f'diagnostics_every={config.diagnostics_every} must be >= 0 '
                      '(0 turns diagnostics off)')
+  if config.early_stopping_patience < 0:
+    raise ValueError(f'early_stopping_patience={config.early_stopping_patience} must be '
+                     '>= 0 (0: never stop early)')
   for name in ('steps', 'batch_size', 'log_every', 'eval_every'):
     if getattr(config, name) < 1:
       raise ValueError(f'{name}={getattr(config, name)} must be positive')
@@ -257,13 +292,11 @@ def validate(config: Config):
                      'before BatchNorm has no bias)')
   if not (math.isfinite(config.output_scale) and config.output_scale >= 0):
     raise ValueError(f'output_scale={config.output_scale} must be finite and >= 0')
-  optimizers.get_optimizer(config.optimizer)
+  optimizers.validate(config)  # The optimizer and its knobs.
   if config.precision != 'float32' and config.optimizer == 'manual_sgd':
     raise ValueError(f'precision={config.precision!r} applies to jax.grad\'s matmuls; '
                      'optimizer=\'manual_sgd\' (the hand-written backward) runs in '
                      'float32 only')
-  if not 0 <= config.momentum < 1:
-    raise ValueError(f'momentum={config.momentum} must be in [0, 1)')
   if not 0 <= config.bn_momentum < 1:
     raise ValueError(f'bn_momentum={config.bn_momentum} must be in [0, 1)')
   if not config.bn_epsilon > 0:

@@ -265,6 +265,23 @@ def histograms(samples: dict[str, Any], *, bins: int = 50) -> dict[str, Any]:
   return result
 
 
+def cumulative_counts(histogram: dict[str, Any], values) -> np.ndarray:
+  """How many of a histogram's values lie below each of ``values``, taking them as
+  spread evenly within each bin: its cumulative counts, linearly interpolated.
+
+  Exact at the bin edges; 0 below the first edge and the total above the last.
+  """
+  cumulative = np.concatenate([[0.0], np.cumsum(np.asarray(histogram['counts'], float))])
+  return np.interp(values, np.asarray(histogram['edges'], float), cumulative)
+
+
+def rebin(histogram: dict[str, Any], edges) -> np.ndarray:
+  """A histogram's counts on other ``edges`` (:func:`cumulative_counts`), so that the
+  histograms of different steps, each on its own range, share one grid. When
+  ``edges`` span the histogram's range, the counts keep their total."""
+  return np.diff(cumulative_counts(histogram, edges))
+
+
 def is_finite(scalars: dict[str, Any]) -> bool:
   """Whether the gradient and parameter norms are finite numbers."""
   return all(math.isfinite(scalars[k]) for k in ('grad_norm', 'param_norm'))

@@ -278,8 +278,13 @@ def overfitting(run: Run) -> list[Finding]:
       f'{split} loss {final_held_out:.3f} vs train {final_train:.3f}: a gap of '
       f'{final_gap:.2f} nats that grew during training{accuracy}',
       evidence,
-      'regularize: data augmentation (--augment), fewer steps (stop where the '
-      f'{split} loss is lowest), a smaller model, or weight decay')]
+      'regularize: weight decay (--weight_decay, e.g. 5e-4 with sgd, or '
+      '--optimizer=adamw --weight_decay=0.05), data augmentation (--augment), a smaller '
+      'model, or early stopping on a validation split ('
+      + ('--early_stopping_patience=3: the model of the lowest validation loss is kept'
+         if split == 'validation' else
+         '--validation_fraction=0.2 --early_stopping_patience=3; choose steps on '
+         'validation, never on the test set') + ')')]
 
 
 def loss_not_decreasing(run: Run) -> list[Finding]:

@@ -227,8 +227,12 @@ def range_test(config: Config, dataset: data_lib.Dataset, *, min_lr: float = MIN
   smooth([], smoothing)  # Validates β and the factor before any work.
   stop_index([], stop_factor)
   train.check_fits(config, dataset)
-  probe = dataclasses.replace(config, optimizer='sgd', schedule='constant', warmup_steps=0,
-                              lr=min_lr, diagnostics_every=0)
+  # The run's own optimizer (its lr a state value, swept step by step); the
+  # hand-written one (lr a constant of the program) is probed as optax SGD.
+  in_state = optimizers.get_optimizer(config.optimizer).hyperparameters_in_state
+  probe = dataclasses.replace(config, optimizer=config.optimizer if in_state else 'sgd',
+                              schedule='constant', warmup_steps=0, lr=min_lr,
+                              diagnostics_every=0)
   start = start if start is not None else train.initial_state(probe, dataset)
   tx = optimizers.create(probe)[0]
   state = jax.tree.map(jnp.copy, start.state._replace(opt_state=None))

@@ -7,20 +7,37 @@ read back what was drawn; :func:`save_figures` writes the PNGs of a run director
 
 import math
 import pathlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from fundamentals import diagnostics
+from fundamentals import losses
 from fundamentals import rundir
 from fundamentals.config import format_value
 
-FIGURES = ('loss.png', 'activation_histograms.png', 'gradient_histograms.png',
-           'update_to_data.png', 'saturated_fraction.png', 'dead_fraction.png')
-"""Every file :func:`save_figures` may write."""
+if TYPE_CHECKING:
+  from matplotlib.figure import Figure
+else:
+  def Figure(*args, **kwargs):  # pylint: disable=invalid-name
+    """``matplotlib.figure.Figure(*args, **kwargs)``, matplotlib imported at the first
+    figure: its half a second of imports is not for ``--helpfull`` or
+    ``--experiment=list``, which import this module but draw nothing."""
+    from matplotlib import figure  # pylint: disable=g-import-not-at-top
+    return figure.Figure(*args, **kwargs)
 
 _SPLIT_STYLE = {'train': '-', 'validation': ':', 'test': '--'}
+
+FIGURES = ('loss.png', 'activation_histograms.png', 'gradient_histograms.png',
+           'colorful_dimension.png', 'update_to_data.png', 'saturated_fraction.png',
+           'dead_fraction.png',
+           *(f'{kind}_{split}.png' for kind in ('confusion', 'misclassified')
+             for split in _SPLIT_STYLE))
+"""Every file :func:`save_figures` and :func:`save_classification_figures` may write."""
+
+COLORFUL_BINS = 40
+"""Bins of the colorful-dimension image, over each layer's range in all of training
+(fastai's ``ActivationStats`` uses 40)."""
 
 
 def loss_figure(records: list[dict[str, Any]], *, initial_loss: float,
@@ -61,8 +78,16 @@ def loss_figure(records: list[dict[str, Any]], *, initial_loss: float,
   return fig
 
 
+def density(histogram: dict[str, Any], *, log: bool = False) -> np.ndarray:
+  """counts / (total · bin width), so that Σ density · width = 1; with ``log``, empty
+  bins are NaN (a gap, not a plunge to the bottom of a log axis)."""
+  edges, counts = np.asarray(histogram['edges']), np.asarray(histogram['counts'], float)
+  result = counts / max(counts.sum(), 1) / np.diff(edges)
+  return np.where(counts > 0, result, np.nan) if log else result
+
+
 def histogram_figure(histograms: dict[str, dict[str, Any]], *, kinds: dict[str, str],
-                     title: str) -> Figure:
+                     title: str, log_density: bool = False) -> Figure:
   """Densities of the sampled tensors, one row per kind, columns init | end.
 
   Args:
@@ -70,6 +95,8 @@ def histogram_figure(histograms: dict[str, dict[str, Any]], *, kinds: dict[str, 
       ``diagnostics.histograms`` makes them.
     kinds: the kinds to draw (e.g. ``'activation'``) and their axis labels.
     title: the figure title.
+    log_density: a log density axis, so that a spike (ReLU's zeros) does not flatten
+      the rest of the distribution.
   """
   phases = [p for p in ('init', 'end') if p in histograms]
   fig = Figure(figsize=(5.5 * len(phases), 3.5 * len(kinds) + 0.5))
@@ -80,15 +107,143 @@ def histogram_figure(histograms: dict[str, dict[str, Any]], *, kinds: dict[str, 
     for col, phase in enumerate(phases):
       ax = axes[row, col]
       for name, h in histograms[phase].get(kind, {}).items():
-        edges, counts = np.asarray(h['edges']), np.asarray(h['counts'], float)
-        density = counts / max(counts.sum(), 1) / np.diff(edges)
-        centers = (edges[:-1] + edges[1:]) / 2
-        ax.plot(centers, density, label=name)
-      ax.set(title=f'{label} at {phase}', xlabel=label, ylabel='density')
+        edges = np.asarray(h['edges'])
+        ax.plot((edges[:-1] + edges[1:]) / 2, density(h, log=log_density), label=name)
+      ax.set(title=f'{label} at {phase}', xlabel=label,
+             ylabel='density (log)' if log_density else 'density',
+             yscale='log' if log_density else 'linear')
       ax.grid(alpha=0.3)
       if ax.lines:
         ax.legend(fontsize=8, loc='upper right')
   fig.suptitle(title)
+  return fig
+
+
+def layer_histograms_figure(histograms: dict[str, dict[str, Any]], *,
+                            kinds: dict[str, str], title: str,
+                            columns: int = 4) -> Figure:
+  """Densities of the sampled tensors, one panel per layer (or weight matrix), init
+  and end in each: every layer on its own x-axis, however much narrower its spread.
+
+  Args:
+    histograms: as for :func:`histogram_figure`.
+    kinds: the kinds to draw (e.g. ``'activation_grad'``) and their axis labels; each
+      kind starts a row of panels, at most ``columns`` wide.
+    title: the figure title.
+  """
+  phases = [p for p in ('init', 'end') if p in histograms]
+  names = {kind: list(dict.fromkeys(name for p in phases
+                                    for name in histograms[p].get(kind, {})))
+           for kind in kinds}
+  width = max(1, min(columns, max((len(n) for n in names.values()), default=1)))
+  row_counts = [max(1, math.ceil(len(names[kind]) / width)) for kind in kinds]
+  fig = Figure(figsize=(3.6 * width, 2.8 * sum(row_counts) + 0.4), layout='constrained')
+  axes = fig.subplots(sum(row_counts), width, squeeze=False)
+  row = 0
+  for (kind, label), rows in zip(kinds.items(), row_counts):
+    panels = list(axes[row:row + rows].flat)
+    for ax, name in zip(panels, names[kind]):
+      for phase in phases:
+        h = histograms[phase].get(kind, {}).get(name)
+        if h is not None:
+          edges = np.asarray(h['edges'])
+          ax.plot((edges[:-1] + edges[1:]) / 2, density(h), label=phase)
+      ax.set_title(f'{label}  {name}', fontsize=9)
+      ax.set_xlabel(label, fontsize=8)
+      ax.set_ylabel('density', fontsize=8)
+      ax.tick_params(labelsize=7)
+      ax.ticklabel_format(axis='x', style='sci', scilimits=(-2, 3))
+      ax.grid(alpha=0.3)
+      ax.legend(fontsize=7, loc='upper right')
+    for ax in panels[len(names[kind]):]:
+      ax.set_axis_off()
+    row += rows
+  fig.suptitle(title)
+  return fig
+
+
+def time_histogram(series: list[tuple[int, dict[str, Any]]], *,
+                   bins: int = COLORFUL_BINS) -> dict[str, Any]:
+  """One layer's activation histograms over training, on one grid: the data of
+  fastai's "colorful dimension" plot (course22p2, ``ActivationStats.color_dim``).
+
+  Each step's histogram has its own range (``diagnostics.histograms``); they are
+  rebinned (``diagnostics.rebin``) onto ``bins`` equal bins spanning the layer's
+  range over all steps, so a layer whose activations shrink towards 0 over training
+  shows it as a band closing in on 0.
+
+  Args:
+    series: ``(step, {'edges', 'counts'})`` in step order.
+    bins: bins of the common grid.
+
+  Returns:
+    ``steps``; ``edges`` of the grid; ``counts`` ``[bins, steps]`` (each column sums to
+    its step's count); ``near_zero_width`` w, the grid's bin width; ``near_zero``,
+    per step the share of activations with |h| < w (fastai's "dead chart" takes the
+    lowest bin of |h|; a bin either side of 0 here, as activations may be negative).
+  """
+  if bins < 1:
+    raise ValueError(f'{bins=} must be positive')
+  low = min(h['edges'][0] for _, h in series)
+  high = max(h['edges'][-1] for _, h in series)
+  edges = np.linspace(low, high, bins + 1)
+  width = edges[1] - edges[0]
+  counts = np.stack([diagnostics.rebin(h, edges) for _, h in series], axis=1)
+  near_zero = [np.diff(diagnostics.cumulative_counts(h, [-width, width]))[0]
+               / sum(h['counts']) for _, h in series]
+  return {'steps': [step for step, _ in series], 'edges': edges, 'counts': counts,
+          'near_zero_width': width, 'near_zero': np.asarray(near_zero)}
+
+
+def step_edges(steps: list[int]) -> np.ndarray:
+  """Cell boundaries for values measured at ``steps``: midway between neighbours."""
+  steps = np.asarray(steps, float)
+  if len(steps) == 1:
+    return np.array([steps[0] - 0.5, steps[0] + 0.5])
+  middle = (steps[:-1] + steps[1:]) / 2
+  return np.concatenate([[max(0.0, 2 * steps[0] - middle[0])], middle,
+                         [2 * steps[-1] - middle[-1]]])
+
+
+def colorful_dimension_figure(series: list[tuple[int, dict[str, Any]]], *,
+                              activation: str, bins: int = COLORFUL_BINS) -> Figure:
+  """Per hidden layer, its activation histogram over training as an image (x: step,
+  y: activation, colour: log(1 + count)) above its share of near-zero activations.
+
+  fastai's "colorful dimension" and "dead chart" (Howard, course22p2 lesson 16,
+  ``ActivationStats.color_dim`` and ``dead_chart``): a healthy layer keeps a broad,
+  steady band; one collapsing to 0 or exploding shows at once. Data from
+  :func:`time_histogram`.
+
+  Args:
+    series: ``(step, {layer: {'edges', 'counts'}})`` per diagnostics step; a step
+      given twice keeps its last histograms.
+    activation: the activation's name, for the title.
+    bins: bins of each layer's grid.
+  """
+  by_step = dict(sorted(dict(series).items()))
+  layers = list(dict.fromkeys(name for h in by_step.values() for name in h))
+  data = {name: time_histogram([(step, h[name]) for step, h in by_step.items()
+                                if name in h], bins=bins) for name in layers}
+  vmax = max((np.log1p(d['counts']).max() for d in data.values()), default=1.0)
+  fig = Figure(figsize=(max(6.0, 4.2 * len(layers)), 5.5), layout='constrained')
+  axes = fig.subplots(2, max(1, len(layers)), squeeze=False, sharex='col',
+                      height_ratios=(3, 1.4))
+  mesh = None
+  for col, (name, d) in enumerate(data.items()):
+    image_ax, share_ax = axes[:, col]
+    mesh = image_ax.pcolormesh(step_edges(d['steps']), d['edges'], np.log1p(d['counts']),
+                               cmap='viridis', vmin=0, vmax=vmax)
+    image_ax.set_title(name, fontsize=9)
+    image_ax.set_ylabel('activation h' if col == 0 else '')
+    share_ax.plot(d['steps'], d['near_zero'], marker='.')
+    share_ax.set(xlabel='step', ylim=(0, 1))
+    share_ax.set_ylabel(f'share |h| < {d["near_zero_width"]:.2g}', fontsize=8)
+    share_ax.grid(alpha=0.3)
+  if mesh is not None:
+    fig.colorbar(mesh, ax=axes[0, :].tolist(), label='log(1 + count)', shrink=0.9)
+  fig.suptitle(f'{activation} activations over training: histogram per diagnostics '
+               'step (top), near-zero share (bottom)', fontsize=10)
   return fig
 
 
@@ -140,22 +295,31 @@ def save_figures(workdir: pathlib.Path, *, records: list[dict[str, Any]],
                  initial_loss: float, expected_initial_loss: float,
                  series: list[tuple[int, dict[str, Any]]],
                  histograms: dict[str, Any], activation: str,
-                 unit_health: str | None) -> dict[str, str]:
+                 unit_health: str | None,
+                 activation_series: list[tuple[int, dict[str, Any]]] = ()
+                 ) -> dict[str, str]:
   """Writes the run's PNGs; returns ``{file name: caption}`` of those written.
 
+  ``activation_series``: ``(step, {layer: {'edges', 'counts'}})`` of the activations
+  per diagnostics step, for :func:`colorful_dimension_figure` (two steps at least).
   Figures without data (no diagnostics measured, an activation with no saturation
   or death notion) are skipped.
   """
   figures = {'loss.png': ('Loss and accuracy', loss_figure(
       records, initial_loss=initial_loss, expected_initial_loss=expected_initial_loss))}
   if histograms:
-    figures['activation_histograms.png'] = ('Activations per layer', histogram_figure(
-        histograms, kinds={'activation': 'activation'},
-        title=f'{activation} activations per hidden layer'))
-    figures['gradient_histograms.png'] = ('Gradients per layer', histogram_figure(
+    figures['activation_histograms.png'] = (
+        'Activations per layer (log density)', histogram_figure(
+            histograms, kinds={'activation': 'activation'}, log_density=True,
+            title=f'{activation} activations per hidden layer'))
+    figures['gradient_histograms.png'] = ('Gradients per layer', layer_histograms_figure(
         histograms, kinds={'activation_grad': '∂L/∂activation',
                            'weight_grad': '∂L/∂W'},
-        title='gradients per layer'))
+        title='gradients, one panel per layer'))
+  if len({step for step, _ in activation_series}) >= 2:
+    figures['colorful_dimension.png'] = (
+        'Activations over training (colorful dimension) and near-zero share',
+        colorful_dimension_figure(activation_series, activation=activation))
   if series:
     figures['update_to_data.png'] = ('Update:data ratio',
                                      update_to_data_figure(series))
@@ -166,6 +330,134 @@ def save_figures(workdir: pathlib.Path, *, records: list[dict[str, Any]],
   for name, (_, fig) in figures.items():
     fig.savefig(workdir / name, dpi=90)
   return {name: caption for name, (caption, _) in figures.items()}
+
+
+# Classification: which classes are confused, and the examples that were.
+
+
+def confusion_matrix_figure(confusion: np.ndarray, class_names, *, title: str) -> Figure:
+  """The confusion matrix (``losses.confusion_matrix``: rows true, columns predicted)
+  beside each class's accuracy.
+
+  Cells are coloured by their share of the true class (row-normalized, so classes of
+  any size compare) and carry their counts; the side panel's bars are the diagonal
+  shares (``losses.per_class_accuracy``), the dashed line the overall accuracy.
+  """
+  confusion = np.asarray(confusion)
+  n = len(class_names)
+  if confusion.shape != (n, n):
+    raise ValueError(f'{confusion.shape=} must be ({n}, {n}) for {n} class names')
+  totals = confusion.sum(axis=1, keepdims=True)
+  shares = np.divide(confusion, totals, out=np.zeros(confusion.shape), where=totals > 0)
+  accuracy = losses.per_class_accuracy(confusion)
+  overall = np.trace(confusion) / max(confusion.sum(), 1)
+  label_size = 9 if n <= 10 else 7 if n <= 20 else 6
+  count_size = 8 if n <= 10 else 6 if n <= 20 else 5
+  side = 2.5 + 0.3 * n
+  fig = Figure(figsize=(side + 2.6, side + 0.6), layout='constrained')
+  matrix_ax, bar_ax = fig.subplots(1, 2, width_ratios=(side, 2.2))
+  # aspect='auto': the matrix fills its axes' height, so its rows line up with the bars.
+  image = matrix_ax.imshow(shares, cmap='Blues', vmin=0, vmax=1, aspect='auto')
+  for (i, j), count in np.ndenumerate(confusion):
+    if count:
+      matrix_ax.text(j, i, str(count), ha='center', va='center', fontsize=count_size,
+                     color='white' if shares[i, j] > 0.6 else 'black')
+  matrix_ax.set_xticks(range(n), class_names, rotation=90, fontsize=label_size)
+  matrix_ax.set_yticks(range(n), class_names, fontsize=label_size)
+  matrix_ax.set(xlabel='predicted class', ylabel='true class')
+  fig.colorbar(image, ax=matrix_ax, location='top', shrink=0.5, aspect=40,
+               label='share of the true class')
+  bar_ax.barh(range(n), np.nan_to_num(accuracy), color='tab:blue', height=0.7)
+  for i, value in enumerate(accuracy):
+    inside = value >= 0.5  # The label at the bar's end, inside a long bar.
+    bar_ax.text(value - 0.02 if inside else np.nan_to_num(value) + 0.02, i,
+                'no examples' if np.isnan(value) else f'{value:.0%}', va='center',
+                ha='right' if inside else 'left', fontsize=count_size + 1,
+                color='white' if inside else 'black')
+  bar_ax.axvline(overall, color='black', linestyle='--', linewidth=1)
+  bar_ax.set_ylim(n - 0.5, -0.5)
+  bar_ax.set_yticks(range(n), [''] * n)
+  bar_ax.set_xlim(0, 1)
+  bar_ax.set_xlabel('accuracy per class', fontsize=8)
+  bar_ax.set_title('per class (dashed: overall)', fontsize=8)
+  bar_ax.grid(axis='x', alpha=0.3)
+  fig.suptitle(f'{title}: {int(confusion.sum())} examples, accuracy {overall:.1%}')
+  return fig
+
+
+def misclassified_grid_figure(images: np.ndarray, labels, predictions, probabilities,
+                              class_names, *, max_images: int = 12,
+                              columns: int = 6) -> Figure:
+  """The misclassified examples, most confident first, each titled true / predicted
+  (with its probability).
+
+  Args:
+    images: uint8 ``[N, H, W, C]`` (C = 1 drawn in gray).
+    labels, predictions: ``[N]`` class indices.
+    probabilities: softmax outputs ``[N, num_classes]``, or ``[N]``, each the
+      probability of its prediction.
+    class_names: one name per class.
+    max_images: at most this many examples are drawn.
+    columns: examples per row.
+  """
+  labels, predictions = np.asarray(labels), np.asarray(predictions)
+  probabilities = np.asarray(probabilities, float)
+  if probabilities.ndim == 2:
+    probabilities = probabilities[np.arange(len(predictions)), predictions]
+  wrong = np.flatnonzero(labels != predictions)
+  shown = wrong[np.argsort(-probabilities[wrong], kind='stable')][:max_images]
+  width = max(1, min(columns, len(shown)))
+  rows = max(1, math.ceil(len(shown) / width))
+  fig = Figure(figsize=(2.0 * width, 2.2 * rows + 0.5), layout='constrained')
+  axes = fig.subplots(rows, width, squeeze=False)
+  for ax in axes.flat:
+    ax.set_axis_off()
+  for ax, i in zip(axes.flat, shown):
+    image = images[i]
+    # Nearest-neighbour pixels: the image as the model saw it, and a PNG that
+    # compresses (smooth upsampling of noisy photos made 1.5 MB files).
+    ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap='gray',
+              vmin=0, vmax=255, interpolation='nearest')
+    ax.set_title(f'true {class_names[labels[i]]}\npred {class_names[predictions[i]]} '
+                 f'{probabilities[i]:.0%}', fontsize=7)
+  if not len(shown):
+    axes[0, 0].text(0.5, 0.5, 'no misclassified examples', ha='center', va='center',
+                    transform=axes[0, 0].transAxes)
+  fig.suptitle(f'{len(wrong)} of {len(labels)} misclassified'
+               + (f'; the {len(shown)} most confident' if len(shown) < len(wrong) else ''),
+               fontsize=10)
+  return fig
+
+
+def save_classification_figures(workdir: pathlib.Path, *, split: str, images: np.ndarray,
+                                labels, predictions, probabilities,
+                                class_names) -> dict[str, str]:
+  """Writes ``confusion_<split>.png`` and ``misclassified_<split>.png``; returns
+  ``{file name: caption}`` as :func:`save_figures` does.
+
+  Args:
+    workdir: the run directory.
+    split: 'train', 'validation' or 'test'.
+    images: the split's uint8 images ``[N, H, W, C]``.
+    labels, predictions: ``[N]`` class indices.
+    probabilities: ``[N, num_classes]`` softmax outputs (or ``[N]``, of the prediction).
+    class_names: one name per class.
+  """
+  if split not in _SPLIT_STYLE:
+    raise ValueError(f'{split=} must be one of {list(_SPLIT_STYLE)}')
+  confusion = losses.confusion_matrix(labels, predictions, len(class_names))
+  figures = {  # name: (caption, figure, dpi); the photos' grid at 64 dpi: 2 px a pixel.
+      f'confusion_{split}.png': (
+          f'Confusion matrix and per-class accuracy ({split})',
+          confusion_matrix_figure(confusion, class_names, title=f'{split} split'), 100),
+      f'misclassified_{split}.png': (
+          f'Misclassified {split} examples, most confident first',
+          misclassified_grid_figure(images, labels, predictions, probabilities,
+                                    class_names), 64),
+  }
+  for name, (_, fig, dpi) in figures.items():
+    fig.savefig(pathlib.Path(workdir) / name, dpi=dpi)
+  return {name: caption for name, (caption, _, _) in figures.items()}
 
 
 def figure(rows: int = 1, cols: int = 1, *, size: tuple[float, float], dpi: int = 110):

@@ -84,13 +84,26 @@ def layer_rows(diagnostics: dict[str, Any]) -> list[list[str]]:
   return rows
 
 
+def optimizer_words(config: Config) -> str:
+  """The optimizer and the hyperparameters it reads: 'adamw lr=0.001 weight_decay=0.05'."""
+  from fundamentals import optimizers  # pylint: disable=g-import-not-at-top
+  defaults = Config()
+  words = [config.optimizer, f'lr={config.lr:g}']
+  for name in optimizers.get_optimizer(config.optimizer).reads:
+    value = getattr(config, name)
+    if name != 'lr' and (value != getattr(defaults, name) or name == 'momentum'):
+      words.append(f'{name}={value:g}' if not isinstance(value, bool) else
+                   f'{name}={str(value).lower()}')
+  return ' '.join(words)
+
+
 def markdown(*, config: Config, summary: dict[str, Any], findings: list[dict[str, Any]],
              figures: dict[str, str], diagnostics: dict[str, Any]) -> str:
   """The report: title, summary table, findings, per-layer table, figures, config."""
   lines = [f'# Run report: `{summary.get("workdir", config.workdir)}`', '',
            f'{config.dataset}; MLP {list(config.hidden)} {config.activation}, '
-           f'init={config.init}, batchnorm={config.batchnorm}; SGD lr={config.lr:g} '
-           f'momentum={config.momentum:g}, {config.schedule} schedule, '
+           f'init={config.init}, batchnorm={config.batchnorm}; {optimizer_words(config)}, '
+           f'{config.schedule} schedule, '
            f'batch {config.batch_size}.', '',
            markdown_table(['quantity', 'value'], summary_rows(summary))]
   lines += ['', '## Doctor', '']

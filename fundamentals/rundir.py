@@ -1,13 +1,14 @@
 """The files of a run directory (config.json, metrics.jsonl, summary.json), and where
 fundamentals keeps its caches."""
 
+import contextlib
 import datetime
 import json
 import math
 import os
 import pathlib
-import tempfile
-from typing import Any
+import uuid
+from typing import Any, Iterator, TextIO
 
 
 def _jsonable(value: Any) -> Any:
@@ -72,13 +73,29 @@ def start(config, *, overwrite: bool = False) -> pathlib.Path:
   return path
 
 
+@contextlib.contextmanager
+def atomic_open(path: pathlib.Path) -> Iterator[TextIO]:
+  """A new file beside ``path``, open for writing, renamed onto ``path`` when the block
+  ends (removed if it raises): a reader sees the old file or the new one, whole.
+
+  Made by ``open``, so its mode is the umask's (0o666 & ~umask, like the figures and
+  every other file of a run), not ``tempfile``'s 0o600 that hides it from colleagues.
+  """
+  temporary = path.with_name(f'.{path.name}.{uuid.uuid4().hex[:12]}.tmp')
+  try:
+    with open(temporary, 'x') as f:
+      yield f
+    os.replace(temporary, path)
+  except BaseException:
+    temporary.unlink(missing_ok=True)
+    raise
+
+
 def write_json(path: pathlib.Path, value: Any):
-  """Writes ``value`` as JSON atomically (a temporary file renamed into place)."""
-  with tempfile.NamedTemporaryFile('w', dir=path.parent, suffix='.tmp',
-                                   delete=False) as f:
+  """Writes ``value`` as JSON atomically (:func:`atomic_open`)."""
+  with atomic_open(path) as f:
     json.dump(_jsonable(value), f, indent=2, sort_keys=True)
     f.write('\n')
-  os.replace(f.name, path)
 
 
 def append_jsonl(path: pathlib.Path, record: dict[str, Any]):
@@ -88,12 +105,10 @@ def append_jsonl(path: pathlib.Path, record: dict[str, Any]):
 
 
 def write_jsonl(path: pathlib.Path, records: list[dict[str, Any]]):
-  """Writes records as JSON lines atomically (a temporary file renamed into place)."""
-  with tempfile.NamedTemporaryFile('w', dir=path.parent, suffix='.tmp',
-                                   delete=False) as f:
+  """Writes records as JSON lines atomically (:func:`atomic_open`)."""
+  with atomic_open(path) as f:
     for record in records:
       f.write(json.dumps(_jsonable(record), sort_keys=True) + '\n')
-  os.replace(f.name, path)
 
 
 def read_jsonl(path: pathlib.Path) -> list[dict[str, Any]]:
@@ -112,8 +127,6 @@ def read_jsonl(path: pathlib.Path) -> list[dict[str, Any]]:
 
 
 def write_text(path: pathlib.Path, text: str):
-  """Writes ``text`` atomically (a temporary file renamed into place)."""
-  with tempfile.NamedTemporaryFile('w', dir=path.parent, suffix='.tmp',
-                                   delete=False) as f:
+  """Writes ``text`` atomically (:func:`atomic_open`)."""
+  with atomic_open(path) as f:
     f.write(text)
-  os.replace(f.name, path)

@@ -11,20 +11,24 @@ background). Nothing here touches the model's arrays but to save them.
 import concurrent.futures
 import functools
 import pathlib
+import shutil
 import time
 from typing import Any, Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from fundamentals import checkpoints
 from fundamentals import diagnostics
 from fundamentals import doctor
+from fundamentals import losses
 from fundamentals import plots
 from fundamentals import progress
 from fundamentals import report
 from fundamentals import rundir
 from fundamentals import runtime
+from fundamentals import saved_model
 from fundamentals import tensorboard_events
 from fundamentals.config import Config
 
@@ -42,8 +46,16 @@ class RunLog:
     self.records: list[dict[str, Any]] = []
     self.snapshots: dict[str, tuple] = {}  # 'init', 'end': (step, scalars, samples)
     self.status, self.diverged_at = 'completed', None
+    self.stopped_at = None  # The step an early stop ended it at.
+    # Per split, its evaluation when it stopped early (the group may train on).
+    self.final: dict[str, dict[str, float]] | None = None
+    self.model_meta: dict[str, Any] = {}  # saved_model.describe, for model.json.
+    self.final_state = None  # Its model's arrays when it stopped early.
+    self.per_class_accuracy: dict[str, dict[str, float]] = {}  # Per split, by draw().
     self.lsuv: list[dict[str, float]] | None = None  # Per layer, with --init=lsuv.
     self.init_histograms = None  # Of the init snapshot, once computed (or restored).
+    # Now, for a run interrupted before its summary too (which repeats it).
+    rundir.write_json(workdir / 'environment.json', runtime.environment())
     if resume_step:  # TensorBoard drops the killed run's events after the checkpoint.
       self.writer = tensorboard_events.create_writer(workdir, purge_step=resume_step + 1)
       return
@@ -51,12 +63,14 @@ class RunLog:
       for name in ('diagnostics.json', 'report.md', *plots.FIGURES):
         (workdir / name).unlink(missing_ok=True)
       checkpoints.remove(workdir)
+      shutil.rmtree(saved_model.directory(workdir), ignore_errors=True)
     self.writer = tensorboard_events.create_writer(workdir, overwrite=overwrite)
 
   def resume(self, host: dict[str, Any]):
     """Takes up a checkpoint's host side: status, records up to its step (those
     after it are dropped from ``metrics.jsonl``), init diagnostics."""
     self.status, self.diverged_at = host['status'], host['diverged_at']
+    self.stopped_at, self.final = host.get('stopped_at'), host.get('final')
     path = self.workdir / 'metrics.jsonl'
     if path.exists():  # Not in another process's scratch directory.
       self.records = [r for r in rundir.read_jsonl(path) if r['step'] <= host['step']]
@@ -69,7 +83,8 @@ class RunLog:
     """What a checkpoint keeps of the host side besides the step: the status (a
     diverged run of a group is saved too, so that the group resumes together) and
     the init diagnostics."""
-    host = {'status': self.status, 'diverged_at': self.diverged_at}
+    host = {'status': self.status, 'diverged_at': self.diverged_at,
+            'stopped_at': self.stopped_at, 'final': self.final}
     if 'init' in self.snapshots:
       step, scalars, samples = self.snapshots['init']
       if self.init_histograms is None:
@@ -79,7 +94,13 @@ class RunLog:
 
   @property
   def active(self) -> bool:
-    return self.status != 'diverged'
+    return self.status != 'diverged' and self.stopped_at is None
+
+  def save_model(self, kind: str, state, *, meta: dict[str, Any]):
+    """Keeps ``state``'s model as ``kind`` in model/ (process 0; ``keep_model``)."""
+    if self.config.keep_model:
+      runtime.on_main_process(functools.partial(
+          saved_model.save, self.workdir, kind, state, meta={**self.model_meta, **meta}))
 
   def echo(self, line: str):
     self.out(self.prefix + line.replace('\n', '\n' + self.prefix))
@@ -101,6 +122,10 @@ class RunLog:
     if 'diagnostics' in fetched[-1]:
       scalars, samples = diagnostics.to_host(fetched[-1]['diagnostics'])
       record['diagnostics'] = scalars
+      # Kept per diagnostics step (in metrics.jsonl, so a resumed run has them) for
+      # the figure of the activations over training.
+      record['activation_histograms'] = diagnostics.histograms(
+          {'activation': samples['activation']})['activation']
       self.snapshots['end'] = (done, scalars, samples)
       work.append(functools.partial(tensorboard_events.write_histograms, self.writer,
                                     done, samples))
@@ -117,12 +142,17 @@ class RunLog:
         'step': 0, 'train_loss': self.initial['initial_loss'],
         'diagnostics': self.snapshots['init'][1]})
     tensorboard_events.write_histograms(self.writer, 0, self.snapshots['init'][2])
-    report_findings(self.echo, 'doctor at init', doctor.examine(doctor.Run(
-        self.config, self.initial, diagnostics={'init': self.snapshots['init'][1]})))
+    findings = doctor.examine(doctor.Run(
+        self.config, self.initial, diagnostics={'init': self.snapshots['init'][1]}))
+    report_findings(self.echo, 'doctor at init', findings)
+    tensorboard_events.write_findings(self.writer, 'init', findings, step=0)
 
-  def draw(self) -> tuple[dict[str, Any], dict[str, str]]:
+  def draw(self, classified: dict[str, tuple] | None = None
+           ) -> tuple[dict[str, Any], dict[str, str]]:
     """Writes diagnostics.json and the figures; returns ``(diagnostics scalars per
-    phase, {figure file: caption})``."""
+    phase, {figure file: caption})``. ``classified``: per held-out split, its
+    ``(images, labels, logits)`` by the final model, for the confusion matrix and
+    the misclassified examples (whose per-class accuracies the summary keeps)."""
     measured = {phase: {'step': step, 'scalars': scalars,
                         'histograms': (self.init_histograms if phase == 'init' and
                                        self.init_histograms is not None
@@ -133,11 +163,28 @@ class RunLog:
     series = ([(measured['init']['step'], measured['init']['scalars'])]
               if 'init' in measured else [])
     series += [(r['step'], r['diagnostics']) for r in self.records if 'diagnostics' in r]
+    activation_series = ([(measured['init']['step'],
+                           measured['init']['histograms']['activation'])]
+                         if 'init' in measured else [])
+    activation_series += [(r['step'], r['activation_histograms']) for r in self.records
+                          if 'activation_histograms' in r]
     figures = plots.save_figures(
         self.workdir, records=self.records, series=series,
         histograms={phase: m['histograms'] for phase, m in measured.items()},
         activation=self.config.activation,
-        unit_health=diagnostics.unit_health(self.config.activation), **self.initial)
+        unit_health=diagnostics.unit_health(self.config.activation),
+        activation_series=activation_series, **self.initial)
+    self.per_class_accuracy = {}
+    for split, (images, labels, logits) in (classified or {}).items():
+      predictions = np.argmax(logits, -1)
+      figures.update(plots.save_classification_figures(
+          self.workdir, split=split, images=images, labels=labels,
+          predictions=predictions, probabilities=saved_model.softmax(logits).max(-1),
+          class_names=self.model_meta['class_names']))
+      accuracy = losses.per_class_accuracy(losses.confusion_matrix(
+          labels, predictions, len(self.model_meta['class_names'])))
+      self.per_class_accuracy[split] = dict(zip(self.model_meta['class_names'],
+                                                accuracy.tolist()))
     return {phase: m['scalars'] for phase, m in measured.items()}, figures
 
   def write_outputs(self, summary: dict[str, Any], *,
@@ -151,8 +198,10 @@ class RunLog:
     rundir.write_json(self.workdir / 'summary.json', summary)
     report.write(self.workdir / 'report.md', config=self.config, summary=summary,
                  findings=findings, figures=figures, diagnostics=scalars)
-    self.writer.add_text('doctor', '\n\n'.join(doctor.format_finding(f) for f in findings)
-                         or 'no findings')
+    tensorboard_events.write_findings(self.writer, 'end', findings, step=summary['steps'])
+    tensorboard_events.write_figures(self.writer, self.workdir, figures, step=summary['steps'])
+    tensorboard_events.write_hparams(self.writer, self.config.to_dict(), summary,
+                                     step=summary['steps'])
     self.writer.close()
     files = sorted(p.name for p in self.workdir.iterdir()
                    if not p.name.startswith('events.') and p.name != checkpoints.DIRNAME)
@@ -189,12 +238,14 @@ class GroupLog:
 
   def start(self, init_future: concurrent.futures.Future | None, *, resumed: bool):
     """The doctor at init: now from the initial loss alone, or from the first
-    step's diagnostics once ``init_future`` has them."""
+    step's diagnostics once ``init_future`` has them. Then the first step compiles."""
     self.init_future = init_future
     if init_future is None and not resumed:
       for run in self.runs:
-        report_findings(run.echo, 'doctor at init',
-                        doctor.examine(doctor.Run(run.config, run.initial)))
+        findings = doctor.examine(doctor.Run(run.config, run.initial))
+        report_findings(run.echo, 'doctor at init', findings)
+        tensorboard_events.write_findings(run.writer, 'init', findings, step=0)
+    self.bar.compiling()
 
   def _take_init_diagnostics(self):
     for run, measured in zip(self.runs, per_run(self.init_future.result(),
@@ -269,6 +320,52 @@ class GroupLog:
         checkpoints.save_group, [run.workdir for run in self.runs], states,
         [run.checkpoint_host() for run in self.runs], step))
 
+  def select_on_validation(self, done: int, states: Callable[[], list]) -> list[int]:
+    """After an evaluation with a validation split (its records written): keeps
+    each run's model as ``best`` when its validation loss is the lowest so far, and
+    stops early the runs whose ``early_stopping_patience`` ran out. ``states()``:
+    the per-run states (fetched only if needed). Returns the runs stopped now."""
+    stopped, per = [], None
+    for i, run in enumerate(self.runs):
+      if not (run.active and run.records and run.records[-1]['step'] == done
+              and 'validation_loss' in run.records[-1]):
+        continue
+      best = validation_progress(run.records)
+      if best['best_step'] == done and run.config.keep_model:
+        per = per if per is not None else states()
+        run.save_model('best', per[i], meta={
+            'best_step': done, 'best_validation_loss': best['best_validation_loss']})
+      patience = run.config.early_stopping_patience
+      if patience and best['evaluations_since_best'] >= patience and done < run.config.steps:
+        run.stopped_at = done
+        run.echo(f'validation loss not below {best["best_validation_loss"]:.4f} (step '
+                 f'{best["best_step"]}) for {patience} evaluation'
+                 f'{"s" if patience > 1 else ""}: stopping early at step {done}')
+        stopped.append(i)
+    return stopped
+
+  def stop_runs(self, stopped: Sequence[int], *, train: dict[str, Any],
+                states: Sequence[Any]):
+    """The runs that stopped early now: their final evaluation (the training
+    split's ``train``, the held-out splits' from their last record) and final model."""
+    for i in stopped:
+      run = self.runs[i]
+      record = run.records[-1]
+      run.final = {'train': {'loss': item(train['loss'], i),
+                             'accuracy': item(train['accuracy'], i)}}
+      for split in ('validation', 'test'):
+        if f'{split}_loss' in record:
+          run.final[split] = {'loss': record[f'{split}_loss'],
+                              'accuracy': record[f'{split}_accuracy']}
+      run.save_model('final', states[i], meta={'final_step': record['step']})
+      run.final_state = jax.tree.map(jnp.copy, saved_model.model_arrays(states[i]))
+
+  def save_final_models(self, states: Sequence[Any]):
+    """The final model of every run that completed without stopping early."""
+    for run, state in zip(self.runs, states):
+      if run.status == 'completed' and run.final is None and run.records:
+        run.save_model('final', state, meta={'final_step': run.records[-1]['step']})
+
   def end_loop(self) -> float:
     """Finishes what the loop left; returns the seconds the loop took."""
     if self.init_future is not None:
@@ -279,9 +376,11 @@ class GroupLog:
     self.bar.close()
     return time.time() - self.loop_start
 
-  def draw_in_background(self) -> concurrent.futures.Future:
-    """Every run's figures, drawn in a thread (while the final evaluation runs)."""
-    return in_background(lambda: [run.draw() for run in self.runs])
+  def draw_in_background(self, classified: Sequence[dict[str, tuple]]
+                         ) -> concurrent.futures.Future:
+    """Every run's figures, drawn in a thread (while the final evaluation runs);
+    ``classified``: per run, :meth:`RunLog.draw`'s."""
+    return in_background(lambda: [run.draw(c) for run, c in zip(self.runs, classified)])
 
   def finish(self, final: dict[str, dict[str, Any]], *, facts: dict[str, Any],
              train_loop_s: float, start_step: int, drawn: concurrent.futures.Future,
@@ -309,13 +408,23 @@ class GroupLog:
           'examples_per_sec': ((run_steps - start_step) * self.config.batch_size
                                / train_loop_s),
           'vectorized_runs': len(self.runs),
+          'environment': runtime.environment(),  # Versions, devices, git commit.
       }
       if run.lsuv:
         summary['lsuv'] = run.lsuv
       if start_step:
         summary['resumed_from_step'] = start_step
+      best = validation_progress(run.records)
+      if best is not None:
+        summary.update(best)
+        at_best = next(r for r in run.records if r['step'] == best['best_step'])
+        summary.update({f'best_{k}': at_best[k] for k in ('test_loss', 'test_accuracy')
+                        if k in at_best})
+      summary['early_stopped_at_step'] = run.stopped_at
+      if run.per_class_accuracy:
+        summary['final_per_class_accuracy'] = run.per_class_accuracy
       if run.status == 'completed':
-        for split, result in final.items():
+        for split, result in (run.final or final).items():
           summary[f'final_{split}_loss'] = item(result['loss'], i)
           summary[f'final_{split}_accuracy'] = item(result['accuracy'], i)
         run.echo(f'final: train loss {summary["final_train_loss"]:.4f} acc '
@@ -327,6 +436,19 @@ class GroupLog:
       checkpoints.remove(run.workdir)  # Finished (summary written): nothing to resume.
       summaries.append(summary)
     return summaries
+
+
+def validation_progress(records: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+  """Where the validation loss was lowest (the first such step) and how many
+  evaluations came after it: ``{'best_step', 'best_validation_loss',
+  'evaluations_since_best'}``; None without a validation evaluation. A function of
+  the records alone, so that a resumed run takes it up from metrics.jsonl."""
+  evaluated = [r for r in records if rundir.finite(r.get('validation_loss'))]
+  if not evaluated:
+    return None
+  best = min(evaluated, key=lambda r: r['validation_loss'])  # The first of equals.
+  return {'best_step': best['step'], 'best_validation_loss': best['validation_loss'],
+          'evaluations_since_best': sum(r['step'] > best['step'] for r in evaluated)}
 
 
 def first_non_finite_step(step_losses: np.ndarray, *, first_step: int,

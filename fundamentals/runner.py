@@ -26,9 +26,7 @@ import functools
 import json
 import pathlib
 import time
-from typing import Any, Callable
-
-from matplotlib.figure import Figure
+from typing import TYPE_CHECKING, Any, Callable
 
 from fundamentals import checkpoints
 from fundamentals import config as config_lib
@@ -39,6 +37,9 @@ from fundamentals import runtime
 from fundamentals import sweep
 from fundamentals import train
 from fundamentals.config import Config, Knobs, knob
+
+if TYPE_CHECKING:  # matplotlib is imported by the first figure drawn (plots.Figure).
+  from matplotlib.figure import Figure
 
 RESULTS = 'results.json'
 ANALYSIS = 'analysis.json'
@@ -72,7 +73,7 @@ class Summary:
   files by name (e.g. a CSV), and numbers for ``results.json``."""
   title: str
   text: str
-  figures: dict[str, Figure] = dataclasses.field(default_factory=dict)
+  figures: dict[str, 'Figure'] = dataclasses.field(default_factory=dict)
   files: dict[str, str] = dataclasses.field(default_factory=dict)
   values: dict[str, Any] = dataclasses.field(default_factory=dict)
   report_name: str = 'report.md'
@@ -159,6 +160,8 @@ class Experiment:
       settings' defaults at that scale (module docstring); ``default`` is none.
     needs_data: whether its members use the dataset (else it is not loaded unless
       asked for: ``Context.dataset``).
+    inherits: ``inherits(settings) -> Config overrides`` taken from elsewhere (the
+      kept model an ``evaluate`` reads: its data), below the explicit flags.
   """
   name: str
   description: str
@@ -174,6 +177,7 @@ class Experiment:
   paper: str = ''
   scales: dict[str, Scale] = dataclasses.field(default_factory=dict)
   needs_data: bool = True
+  inherits: Callable[[Any], dict[str, Any]] | None = None
 
   def scale(self, name: str) -> Scale:
     """The scale ``name``; raises ValueError naming the ones this experiment has."""
@@ -406,7 +410,8 @@ def finish(experiment: Experiment, context: Context, members: list[sweep.Member]
                        / ((r.summary or {}).get('vectorized_runs') or 1)
                        for r in results.values())
   text = runtime.on_main_process(lambda: _write_report(
-      context, summary, checks, seconds=seconds, member_seconds=member_seconds,
+      context, summary, checks,
+      flags=settings_flags(experiment, context.settings, scale=context.scale), seconds=seconds, member_seconds=member_seconds,
       content=content))
   if experiment.members is not None and text:  # A lesson's report is read at once.
     echo(text.rstrip())
@@ -427,8 +432,22 @@ def check_section(checks: list[Check]) -> str:
       [(c.expected, c.observed, 'yes' if c.passed else '**no**') for c in checks]))
 
 
+def settings_flags(experiment: Experiment, settings, *, scale: str = 'default') -> str:
+  """The flags of ``settings`` that differ from their defaults at ``scale``, as a
+  command line writes them (`` --from=runs/X``), for the report's reproduce line."""
+  if settings is None:
+    return ''
+  from fundamentals import cli  # pylint: disable=g-import-not-at-top  # absl flags.
+  defaults = experiment.scale(scale).settings
+  return ''.join(
+      f' --{cli.flag_name(f, experiment.settings_prefix)}='
+      f'{config_lib.format_value(getattr(settings, f.name))}'
+      for f in dataclasses.fields(settings)
+      if getattr(settings, f.name) != defaults.get(f.name, f.default))
+
+
 def _write_report(context: Context, summary: Summary, checks: list[Check], *,
-                  seconds: float, member_seconds: float, content: dict[str, Any]) -> str:
+                  flags: str = '', seconds: float, member_seconds: float, content: dict[str, Any]) -> str:
   """Writes the figures, files, report and ``results.json``; returns the report."""
   for name, fig in summary.figures.items():
     fig.savefig(context.workdir / name)  # At the figure's own dpi.
@@ -443,7 +462,7 @@ def _write_report(context: Context, summary: Summary, checks: list[Check], *,
     scale = '' if context.scale == 'default' else f' --scale={context.scale}'
     parts.append(f'Scale: {context.scale}. Time: {seconds:.0f} s this invocation; the '
                  f'members\' runs {member_seconds:.0f} s in all. Reproduce: `python '
-                 f'launch.py --experiment={context.config.experiment}{scale}` '
+                 f'launch.py --experiment={context.config.experiment}{scale}{flags}` '
                  '(`results.json` holds every number).')
   text = '\n\n'.join(parts) + '\n'
   rundir.write_text(context.workdir / summary.report_name, text)
@@ -470,6 +489,10 @@ class Options(Knobs):
   """How ``launch.py`` runs an experiment: these change no number of it."""
   overwrite: bool = knob(False, 'Replace a run, sweep or experiment already in --workdir.',
                          group='run')
+  config: str = knob('', 'A run\'s config.json to start from: its values replace the '
+                     'defaults, flags given beside it win, and the run gets a new '
+                     '--workdir (the file\'s experiment and workdir are not taken).',
+                     group='run')
   resume: bool = knob(False, 'Go on with the interrupted run in --workdir from its last '
                       'checkpoint (same flags); sweeps and experiments always do.',
                       group='run')
@@ -527,6 +550,10 @@ def plan(experiment: Experiment, overrides: dict[str, Any], *,
                        'version does not know')
     return lambda: summarize(chosen, config.workdir, echo=echo)
   built_settings = experiment.default_settings(settings, scale=options.scale)
+  if options.config:
+    overrides = {**config_file_overrides(options.config), **overrides}
+  if experiment.inherits is not None:
+    overrides = {**experiment.inherits(built_settings), **overrides}
   config, dataset = resolve_auto_lr(experiment, overrides, axes=axes, scale=options.scale,
                                     echo=echo)
   if experiment.members is None and not axes:
@@ -539,6 +566,23 @@ def plan(experiment: Experiment, overrides: dict[str, Any], *,
   return lambda: execute(experiment, *prepared, shard=options.shard,
                          vectorize=options.vectorize, overwrite=options.overwrite,
                          echo=echo)
+
+
+def config_file_overrides(path: str | pathlib.Path) -> dict[str, Any]:
+  """The Config values of a ``config.json`` (``--config``) as overrides, but its
+  experiment and workdir; raises FileNotFoundError / ValueError naming the file."""
+  path = pathlib.Path(path)
+  if path.is_dir():
+    path = path / 'config.json'
+  if not path.is_file():
+    raise FileNotFoundError(f'--config={path}: no such file (a run directory\'s '
+                            'config.json, e.g. runs/X/config.json)')
+  try:
+    values = json.loads(path.read_text())
+    Config.from_dict(values)  # Validated as a whole, with its own message.
+  except (json.JSONDecodeError, TypeError, ValueError) as e:
+    raise ValueError(f'--config={path}: not a readable config ({e})') from None
+  return {k: v for k, v in values.items() if k not in ('experiment', 'workdir')}
 
 
 def resolve_auto_lr(experiment: Experiment, overrides: dict[str, Any], *,

@@ -2,15 +2,20 @@
 
 Everything here configures JAX once, before the first computation (``launch.py`` calls
 :func:`configure` first thing); :func:`data_mesh` is the device mesh a run shards its
-batches over.
+batches over; :func:`environment` is what a run records of all this, and of the code.
 """
 
 import contextlib
+import copy
 import dataclasses
+import functools
+import importlib.metadata
 import os
 import pathlib
+import platform as platform_lib
+import subprocess
 import time
-from typing import Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 import jax
 import numpy as np
@@ -29,6 +34,9 @@ MIN_CACHED_COMPILE_S = 0.2
 BATCH_AXIS = 'batch'
 # jax.monitoring's event for one XLA compilation (or persistent-cache load).
 BACKEND_COMPILE_EVENT = '/jax/core/compile/backend_compile_duration'
+# The distributions whose versions a run's numbers depend on (environment()).
+RECORDED_PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'numpy', 'tensorflow-datasets')
+GIT_TIMEOUT_S = 5.0
 
 
 def seconds_since_process_start() -> float:
@@ -234,3 +242,56 @@ def compile_log() -> Iterator[list[tuple[str, float]]]:
     yield compiles
   finally:
     jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def environment() -> dict[str, Any]:
+  """What it takes to repeat a run elsewhere: versions, backend, devices, the code.
+
+  ``{'python', 'packages': {distribution: version or None}, 'backend', 'devices':
+  {'platform', 'kinds', 'count', 'local_count', 'process_count'}, 'xla_flags',
+  'git': {'commit', 'dirty'} or None}``; ``git`` is None when the code is not a git
+  work tree (an installed package) or git is missing. Initializes JAX's backends (call
+  it once a run has started); measured once per process, a copy each call.
+  """
+  return copy.deepcopy(_environment())
+
+
+@functools.cache
+def _environment() -> dict[str, Any]:
+  devices = jax.devices()
+  return {
+      'python': platform_lib.python_version(),
+      'packages': {name: _version(name) for name in ('fundamentals', *RECORDED_PACKAGES)},
+      'backend': jax.default_backend(),
+      'devices': {'platform': devices[0].platform,
+                  'kinds': sorted({d.device_kind for d in devices}),
+                  'count': len(devices), 'local_count': jax.local_device_count(),
+                  'process_count': jax.process_count()},
+      # XLA's flags change the compiled programs (and can change the numbers).
+      'xla_flags': os.environ.get('XLA_FLAGS', ''),
+      'git': git_state(pathlib.Path(__file__).resolve().parents[1]),
+  }
+
+
+def _version(distribution: str) -> str | None:
+  try:
+    return importlib.metadata.version(distribution)
+  except importlib.metadata.PackageNotFoundError:
+    return None
+
+
+def git_state(root: pathlib.Path) -> dict[str, Any] | None:
+  """``{'commit': HEAD's hash, 'dirty': whether files differ from it}`` when ``root``
+  is the top of a git work tree; None otherwise, or when git is missing or slow."""
+
+  def git(*args: str) -> str:
+    return subprocess.run(['git', '-C', str(root), *args], capture_output=True,
+                          text=True, check=True, timeout=GIT_TIMEOUT_S).stdout.strip()
+
+  try:
+    # Only the code's own repository: not one that happens to hold an installed copy.
+    if pathlib.Path(git('rev-parse', '--show-toplevel')).resolve() != root.resolve():
+      return None
+    return {'commit': git('rev-parse', 'HEAD'), 'dirty': bool(git('status', '--porcelain'))}
+  except (OSError, subprocess.SubprocessError):
+    return None

@@ -36,15 +36,17 @@ from fundamentals import optimizers
 from fundamentals import rundir
 from fundamentals import runlog
 from fundamentals import runtime
+from fundamentals import saved_model
 from fundamentals import signal_propagation
 from fundamentals.config import Config
 
 # Config fields that enter the compiled train step as values, not as constants
 # (``config.knob(per_run=True)``): runs that differ only in these share one
 # compilation, and ``fit_group`` (``--vectorize``) trains them together in one vmapped
-# program. Whether momentum is 0 changes the optimizer state, so that part of it is
-# structure; an optimizer without its hyperparameters in its state keeps lr and
-# momentum as constants.
+# program. Whether momentum, weight decay or gradient clipping is 0 changes the
+# optimizer's chain (``optimizers.ZERO_MEANS_OFF``), so that part of each is
+# structure; an optimizer without its hyperparameters in its state (``manual_sgd``)
+# keeps lr and momentum as constants.
 PER_RUN = config_lib.per_run_fields()
 
 
@@ -83,13 +85,17 @@ def canonical_config(config: Config) -> Config:
   """``config`` with its per-run values (``PER_RUN``) set to the defaults.
 
   Runs with equal canonical configs have the same compiled structure: they share one
-  compilation and can be trained together by :func:`fit_group`.
+  compilation and can be trained together by :func:`fit_group`. Whether momentum,
+  weight decay or clipping is 0 is kept (``optimizers.ZERO_MEANS_OFF``: 0 leaves
+  its transform and state out of the optimizer's chain); an optimizer without its
+  hyperparameters in its state keeps them all (``optimizers.HYPERPARAMETERS``).
   """
   defaults = Config()
   values = {name: getattr(defaults, name) for name in PER_RUN}
-  values['momentum'] = defaults.momentum if config.momentum else 0.0
+  values.update({name: on if getattr(config, name) else 0.0
+                 for name, on in optimizers.ZERO_MEANS_OFF.items()})
   if not optimizers.get_optimizer(config.optimizer).hyperparameters_in_state:
-    values.update(lr=config.lr, momentum=config.momentum)
+    values.update({name: getattr(config, name) for name in optimizers.HYPERPARAMETERS})
   return dataclasses.replace(config, **values, workdir='')
 
 
@@ -304,10 +310,32 @@ def make_eval_step(graphs: Graphs, *, vectorized: bool = False) -> Callable:
   return jax.jit(eval_step)
 
 
+def make_logits_step(graphs: Graphs) -> Callable:
+  """Returns ``logits_step(params, batch_stats, images, mean, std) -> logits`` of one
+  run in evaluation mode, jitted (the confusion matrix's predictions)."""
+
+  def logits_step(params, batch_stats, images, mean, std):
+    return models.apply(graphs.eval, params, batch_stats,
+                        data_lib.normalize(images, mean, std))[0]
+
+  return jax.jit(logits_step)
+
+
+def classify(logits_step: Callable, model_arrays, dataset: data_lib.Dataset, mean, std,
+             ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+  """Per held-out split, ``(images, labels, logits)`` of the model ``model_arrays``
+  (``saved_model.model_arrays`` of a run's state)."""
+  params, batch_stats = model_arrays
+  return {split: (*split_of(dataset, split), saved_model.batched(
+      lambda x: logits_step(params, batch_stats, x, mean, std), split_of(dataset, split)[0]))
+          for split in eval_splits(dataset)}
+
+
 class Steps(NamedTuple):
   train: Callable
   eval: Callable
   train_steps: Callable  # Several train steps per call (make_train_steps).
+  logits: Callable  # One run's evaluation-mode logits (make_logits_step).
 
 
 @functools.lru_cache(maxsize=16)
@@ -327,7 +355,7 @@ def compiled_steps(graphs: Graphs, canonical: Config, *,
       augment=augment_lib.make_augment(canonical.augment), mesh=mesh,
       vectorized=vectorized, shared_order=shared_order)
   return Steps(make(), make_eval_step(graphs, vectorized=vectorized),
-               make_train_steps(make(jit=False)))
+               make_train_steps(make(jit=False)), make_logits_step(graphs))
 
 
 def evaluate(eval_step: Callable, state: TrainState, images: np.ndarray,
@@ -486,21 +514,34 @@ def fit_group(configs: Sequence[Config], *, dataset: data_lib.Dataset | None = N
     if not is_record_step(done, config):
       continue
     log.collect(done)
+    evaluated = ()
     if (done % config.eval_every == 0 or done == config.steps) and log.any_active:
-      for split in eval_splits(dataset):
+      evaluated = eval_splits(dataset)
+      for split in evaluated:
         log.add_evaluation(split, evaluate(steps.eval, state, *split_of(dataset, split),
                                            mean, std))
     log.write_records()
+    if 'validation' in evaluated:
+      stopped = log.select_on_validation(done, lambda: runlog.per_run(state, vectorized))
+      if stopped:  # Their final evaluation, of the state they stopped at.
+        log.stop_runs(stopped, train=evaluate(steps.eval, state,
+                                              *split_of(dataset, 'train'), mean, std),
+                      states=runlog.per_run(state, vectorized))
     if checkpoints.is_due(done, last_checkpoint, config):
       log.save_checkpoints(runlog.per_run(state, vectorized), done)
       last_checkpoint = done
     if not log.any_active:
       break
   train_loop_s = log.end_loop()
-  drawn = log.draw_in_background()  # While the final evaluation runs on the device.
+  classified = [classify(steps.logits, run.final_state or saved_model.model_arrays(s),
+                         dataset, mean, std) if run.status == 'completed' else {}
+                for run, s in zip(runs, runlog.per_run(state, vectorized))]
+  drawn = log.draw_in_background(classified)  # While the final evaluation runs.
   final = ({split: evaluate(steps.eval, state, *split_of(dataset, split), mean, std)
             for split in ('train', *eval_splits(dataset))}
-           if any(run.status == 'completed' for run in runs) else {})
+           if any(run.status == 'completed' and run.final is None for run in runs)
+           else {})
+  log.save_final_models(runlog.per_run(state, vectorized))
   num_params = models.count_params(starts[0].state.params)
   facts = {
       'num_params': num_params,
@@ -527,6 +568,11 @@ def check_fits(config: Config, dataset: data_lib.Dataset):
   if config.batch_size > len(dataset.train_labels):
     raise ValueError(f'batch_size={config.batch_size} exceeds the '
                      f'{len(dataset.train_labels)} training examples of {dataset.name}')
+  if config.early_stopping_patience and not len(dataset.validation_labels):
+    raise ValueError(f'early_stopping_patience={config.early_stopping_patience} needs a '
+                     f'validation split, and {dataset.name} has none: hold one out with '
+                     '--validation_fraction=0.2 (early stopping on the test set would '
+                     'make its figures optimistic)')
 
 
 def _check_group(configs: Sequence[Config]) -> list[Config]:
@@ -539,7 +585,8 @@ def _check_group(configs: Sequence[Config]) -> list[Config]:
     if canonical_config(other) != structure:
       differ = canonical_config(other).differences(structure)
       raise ValueError(f'runs trained together may differ only in {list(PER_RUN)} '
-                       f'(and momentum only while nonzero); {other.workdir!r} also '
+                       f'(momentum, weight decay and clipping only while nonzero: '
+                       f'zero leaves them out of the program); {other.workdir!r} also '
                        f'differs in {differ}')
   workdirs = [c.workdir for c in configs]
   if len(configs) > 1 and (not all(workdirs) or len(set(workdirs)) < len(workdirs)):
@@ -567,6 +614,7 @@ def _start_runs(configs: Sequence[Config], dataset: data_lib.Dataset, *,
                         initial={'initial_loss': initial_loss,
                                  'expected_initial_loss': expected})
     run.lsuv = start.lsuv
+    run.model_meta = saved_model.describe(c, dataset)
     if start_step:  # Process 0 reads the checkpoint; the other processes get it from it.
       leaves = runtime.on_main_process(
           functools.partial(checkpoints.restore_leaves, workdir, start_step))
@@ -575,8 +623,9 @@ def _start_runs(configs: Sequence[Config], dataset: data_lib.Dataset, *,
           like=start.state))
       run.resume(found[i][start_step])
     if c.augment:
-      augment_lib.save_preview(workdir / 'augment_preview.png', dataset.train_images[:6],
-                               c.augment, seed=c.seed)
+      augment_lib.save_preview(workdir / 'augment_preview.png', dataset.train_images,
+                               dataset.train_labels, c.augment,
+                               class_names=dataset.class_names, seed=c.seed)
     runs.append(run)
     starts.append(start)
   config = configs[0]

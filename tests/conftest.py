@@ -40,3 +40,17 @@ def run_tiny(experiment, workdir, data_dir, *, settings=None, vectorize=False,
   results = runner.run(experiment, config, settings=settings, scale='tiny',
                        vectorize=vectorize, echo=echo)
   return config, settings, results
+
+
+@pytest.fixture(scope='session')
+def kept_run(data_dir, tmp_path_factory) -> str:
+  """The directory of a small finished run with a validation split, which kept its
+  best and final models (``fundamentals.saved_model``)."""
+  from fundamentals import train  # pylint: disable=g-import-not-at-top
+  from fundamentals.config import Config  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path_factory.mktemp('kept') / 'run'
+  train.train(Config(dataset=SMALL, data_dir=data_dir, hidden=(32,), steps=30, lr=0.2,
+                     log_every=10, eval_every=10, diagnostics_every=0,
+                     checkpoint_every=0, validation_fraction=0.25, workdir=str(workdir)),
+              echo=lambda line: None)
+  return str(workdir)

@@ -118,3 +118,25 @@ def test_augmentation_reaches_training_batches_only(tmp_path, small_dataset):
                                 data.normalize(jnp.asarray(small_dataset.test_images), mean, std))
   expected = losses.softmax_cross_entropy(logits, jnp.asarray(small_dataset.test_labels))
   assert result['loss'] == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_preview_has_one_row_per_class_labelled_with_its_name(tmp_path):
+  rng = np.random.default_rng(0)
+  labels = np.array([3, 3, 0, 7, 1, 0, 5, 2, 9, 4, 8, 6, 1])
+  images = rng.integers(0, 256, (len(labels), 8, 8, 3), dtype=np.uint8)
+  class_names = [f'class{k}' for k in range(10)]
+  fig = augment.preview_figure(images, labels, ['flip'], class_names=class_names,
+                               copies=2, classes=4)
+  rows = [ax for ax in fig.axes if ax.get_ylabel()]
+  names = [ax.get_ylabel() for ax in rows]
+  assert names == ['class0', 'class3', 'class6', 'class9']  # spread over the 10 classes
+  for ax, name in zip(rows, names):  # each row starts with an image of its class
+    first = int(np.flatnonzero(labels == class_names.index(name))[0])
+    np.testing.assert_array_equal(ax.images[0].get_array(), images[first])
+  assert len(fig.axes) == 4 * 3
+  few = augment.preview_classes(np.array([2, 2, 1]), classes=6)
+  np.testing.assert_array_equal(few, [2, 0])  # every class present, when fewer
+  augment.save_preview(tmp_path / 'p.png', images, labels, ['crop'], class_names=class_names)
+  assert (tmp_path / 'p.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+  with pytest.raises(ValueError, match='no augmentation'):
+    augment.preview_figure(images, labels, [], class_names=class_names)

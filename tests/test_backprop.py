@@ -239,7 +239,7 @@ def test_train_with_manual_sgd_learns_and_evaluates(tmp_path, small_dataset):
 
 def test_config_rejects_an_unknown_optimizer():
   with pytest.raises(ValueError, match="'manual_sgd'"):
-    Config(optimizer='adam')
+    Config(optimizer='lbfgs')
 
 
 @pytest.mark.slow

@@ -40,3 +40,19 @@ def test_init_gain_and_bias_std_are_per_run_values():
   assert train.canonical_config(a) == train.canonical_config(b)
   assert train.canonical_config(a) != train.canonical_config(
       dataclasses.replace(a, activation='tanh'))
+
+
+def test_optimizer_knobs_are_sweepable_and_their_numbers_per_run_values():
+  numbers = {'lr', 'momentum', 'weight_decay', 'grad_clip_norm', 'adam_b1', 'adam_b2',
+             'adam_eps'}
+  for name in numbers | {'optimizer', 'nesterov'}:
+    assert FIELDS[name].metadata['group'] == 'optimization', name
+    assert FIELDS[name].metadata['sweep'], name
+  per_run = set(config_lib.per_run_fields())
+  assert numbers <= per_run and not {'optimizer', 'nesterov'} & per_run
+  assert config_lib.parse_values(FIELDS['weight_decay'], ['0', '1e-4']) == [0.0, 1e-4]
+  assert config_lib.parse_values(FIELDS['nesterov'], ['true', 'false']) == [True, False]
+  defaults = Config()
+  assert (defaults.weight_decay, defaults.grad_clip_norm, defaults.nesterov) == (
+      0.0, 0.0, False)
+  assert (defaults.adam_b1, defaults.adam_b2, defaults.adam_eps) == (0.9, 0.999, 1e-8)

@@ -198,6 +198,20 @@ def test_histograms_match_numpy_and_drop_non_finite_values():
   assert result['weight']['dense/0/kernel']['counts'] == counts.tolist()
 
 
+def test_rebin_keeps_the_counts_and_spreads_each_bin_evenly():
+  histogram = {'edges': [0.0, 1.0, 2.0], 'counts': [4, 8]}
+  np.testing.assert_allclose(diagnostics.rebin(histogram, [0.0, 1.0, 2.0]), [4, 8])
+  np.testing.assert_allclose(diagnostics.rebin(histogram, [0.0, 0.5, 1.5, 2.0]), [2, 6, 4])
+  wider = diagnostics.rebin(histogram, np.linspace(-3, 5, 9))
+  np.testing.assert_allclose(wider, [0, 0, 0, 4, 8, 0, 0, 0])
+  rng = np.random.default_rng(0)
+  fine = diagnostics.histograms({'x': [rng.normal(size=1000)]}, bins=50)['x']['layer0']
+  coarse = diagnostics.rebin(fine, np.linspace(-5, 5, 11))
+  assert coarse.sum() == pytest.approx(1000)
+  np.testing.assert_allclose(diagnostics.cumulative_counts(fine, fine['edges']),
+                             np.concatenate([[0], np.cumsum(fine['counts'])]))
+
+
 def test_is_finite_checks_the_global_norms():
   scalars = {'grad_norm': 1.0, 'param_norm': 2.0, 'layers': [], 'params': {}}
   assert diagnostics.is_finite(scalars)

@@ -63,6 +63,20 @@ def test_few_step_run_writes_files_and_learns(tmp_path, data_dir):
   assert len(losses) == 3 and losses[-1] < losses[0]
   summary = json.loads((workdir / 'summary.json').read_text())
   assert summary['status'] == 'completed' and summary['steps'] == 30
+  # At once, before the blank of compilation; before the first record.
+  assert result.stdout.index('compiling the train step…') < result.stdout.index('step 10/30')
+  # What repeating it takes, also in a file written at the start; config.json is the
+  # Config alone.
+  environment = json.loads((workdir / 'environment.json').read_text())
+  assert summary['environment'] == environment and environment['packages']['jax']
+  from fundamentals.config import Config  # pylint: disable=g-import-not-at-top
+  assert config == json.loads(Config.from_dict(config).to_json())
+  assert 'environment' not in config
+  umask = os.umask(0o022)
+  os.umask(umask)
+  for name in ('config.json', 'environment.json', 'metrics.jsonl', 'summary.json',
+               'report.md', 'loss.png'):  # As readable as a figure.
+    assert (workdir / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
 
 
 @pytest.mark.parametrize('flag, message', [
@@ -169,6 +183,48 @@ def test_experiment_list():
   assert sorted(listed) == sorted([*experiments.EXPERIMENTS, 'all'])
   for e in experiments.EXPERIMENTS.values():  # Each paper is named under its experiment.
     assert not e.paper or f'reproduces: {e.paper}' in result.stdout
+
+
+# What --helpfull and --experiment=list must not load: JAX's backends (checked apart),
+# TensorBoard writers, checkpoints, plotting, PyTorch (tensorboardX imports it when it is
+# installed), TensorFlow (TFDS) and SciPy; each costs from 0.2 s to seconds of start-up.
+HEAVY_MODULES = ('tensorboardX', 'tensorboard', 'orbax', 'matplotlib', 'torch',
+                 'tensorflow', 'tensorflow_datasets', 'scipy')
+# launch.py as ``python launch.py ARGS`` runs it; then (before exit, when JAX clears its
+# backends) the heavy modules it imported and the JAX backends it started, as one JSON
+# line on stderr.
+_LOADED = """
+import json, runpy, sys
+HEAVY = %r
+sys.argv = ['launch.py', *sys.argv[1:]]
+try:
+  runpy.run_path('launch.py', run_name='__main__')
+finally:
+  bridge = sys.modules.get('jax._src.xla_bridge')
+  print(json.dumps({'modules': sorted({m.split('.')[0] for m in sys.modules} & set(HEAVY)),
+                    'backends': sorted(getattr(bridge, '_backends', {}))}), file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize('flag', ['--helpfull', '--experiment=list'])
+def test_help_and_list_start_no_backend_and_import_nothing_heavy(flag):
+  result = subprocess.run([sys.executable, '-c', _LOADED % (HEAVY_MODULES,), flag],
+                          cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, FUNDAMENTALS_CACHE=CACHE))
+  assert result.returncode == (1 if flag == '--helpfull' else 0), result.stderr
+  assert len(result.stdout.splitlines()) > 20  # It did list or document.
+  loaded = json.loads(result.stderr.strip().splitlines()[-1])
+  assert loaded == {'modules': [], 'backends': []}
+
+
+def test_the_import_check_sees_heavy_modules():
+  """The check above can fail: a run's imports (the figures, TensorBoard) are seen."""
+  code = _LOADED.replace("runpy.run_path('launch.py', run_name='__main__')",
+                         'import jax, matplotlib.figure; jax.devices()')
+  result = subprocess.run([sys.executable, '-c', code % (HEAVY_MODULES,)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+  loaded = json.loads(result.stderr.strip().splitlines()[-1])
+  assert 'matplotlib' in loaded['modules'] and loaded['backends']
 
 
 @pytest.mark.slow

@@ -39,3 +39,28 @@ def test_accuracy():
 def test_expected_initial_loss_rejects_fewer_than_two_classes():
   with pytest.raises(ValueError, match='num_classes=1'):
     losses.expected_initial_loss(1)
+
+
+def test_confusion_matrix_counts_each_true_predicted_pair():
+  rng = np.random.default_rng(0)
+  labels, predictions = rng.integers(0, 5, 300), rng.integers(0, 5, 300)
+  expected = np.zeros((5, 5), np.int64)
+  np.add.at(expected, (labels, predictions), 1)
+  confusion = losses.confusion_matrix(labels, predictions, 5)
+  np.testing.assert_array_equal(confusion, expected)
+  assert confusion.sum() == 300
+  assert np.trace(confusion) / 300 == pytest.approx(np.mean(labels == predictions))
+  with pytest.raises(ValueError, match='predictions hold 5, outside'):
+    losses.confusion_matrix([0, 1], [0, 5], 5)
+  with pytest.raises(ValueError, match='must be equal'):
+    losses.confusion_matrix([0, 1], [0], 5)
+
+
+def test_per_class_accuracy_is_the_accuracy_on_each_class():
+  rng = np.random.default_rng(1)
+  labels = rng.integers(0, 4, 200)  # class 4 has no examples
+  predictions = np.where(rng.random(200) < 0.7, labels, rng.integers(0, 5, 200))
+  accuracy = losses.per_class_accuracy(losses.confusion_matrix(labels, predictions, 5))
+  np.testing.assert_allclose(accuracy[:4], [np.mean(predictions[labels == k] == k)
+                                            for k in range(4)])
+  assert np.isnan(accuracy[4])

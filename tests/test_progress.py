@@ -23,12 +23,14 @@ def test_without_a_terminal_there_are_plain_lines_and_no_bar():
   lines = []
   p = progress.Progress(1500, echo=lines.append, file=io.StringIO())
   assert not p.has_bar  # a custom echo never gets a bar
+  p.compiling()
+  assert lines == ['compiling the train step…']  # At once, not after the first record.
   p.advance(100)
   p.record(RECORD)
   p.echo('hello')
   p.close()
-  assert len(lines) == 2 and lines[0].startswith('step  100/1500  loss 1.6115')
-  assert ' eta ' in lines[0] and lines[1] == 'hello'
+  assert len(lines) == 3 and lines[1].startswith('step  100/1500  loss 1.6115')
+  assert ' eta ' in lines[1] and lines[2] == 'hello'
 
 
 def test_print_to_a_pipe_gets_no_bar():
@@ -45,7 +47,70 @@ def test_on_a_terminal_the_bar_shows_step_loss_lr_and_speed(capsys):
   bar = bar_stream.getvalue()
   assert '100/1500' in bar and 'loss=1.6115' in bar and 'lr=0.0495' in bar
   assert 'ex_s=5,630' in bar
-  assert 'step  100/1500  loss 1.6115' in capsys.readouterr().out  # lines above the bar
+  line = capsys.readouterr().out
+  assert 'step  100/1500  loss 1.6115' in line  # Lines above the bar,
+  assert ' eta ' not in line  # without a second ETA: the bar's is the one.
+
+
+def drawn(stream: io.StringIO) -> str:
+  """The bar as a terminal shows it now: its last redraw."""
+  return stream.getvalue().rsplit('\r', 1)[-1]
+
+
+def fake_clock(monkeypatch, start: float = 1000.0) -> list[float]:
+  """The time Progress and tqdm read: ``now[0]``, moved by the test."""
+  now = [start]
+  monkeypatch.setattr(progress.time, 'time', lambda: now[0])
+  monkeypatch.setattr(progress.tqdm.std, 'time', lambda: now[0])  # Bars made from now on.
+  return now
+
+
+def test_the_bar_says_compiling_until_the_first_step_then_paces_without_it(monkeypatch):
+  now = fake_clock(monkeypatch)
+  stream = io.StringIO()
+  p = progress.Progress(1000, bar=True, file=stream)
+  p.compiling()
+  assert drawn(stream).startswith('compiling…')  # At once, before a step.
+  now[0] += 60.0  # A minute of compilation, then the first step is dispatched.
+  p.advance(1)
+  assert 'compiling' not in drawn(stream)
+  for _ in range(10):  # Then 10 steps/s.
+    now[0] += 1.0
+    p.advance(10)
+  bar = drawn(stream)
+  # 899 steps left at 10 steps/s: 01:29, not the 20 minutes a pace counting the
+  # compilation (1 step/60 s, then 101 in 70 s) would foretell.
+  assert ' 101/1000 [00:10<01:29, 10.0' in bar, bar
+  p.close()
+
+
+def test_the_postfix_shows_the_latest_record(monkeypatch, capsys):
+  now = fake_clock(monkeypatch)
+  stream = io.StringIO()
+  p = progress.Progress(1500, bar=True, file=stream)
+  p.compiling()
+  p.advance(100)
+  p.record(RECORD)
+  now[0] += 1.0
+  p.advance(100)
+  p.record({**RECORD, 'step': 200, 'train_loss': 0.98765, 'lr': 0.04, 'examples_per_sec': 7000})
+  assert 'ex_s=7,000, loss=0.9877, lr=0.04]' in drawn(stream)
+  p.close()
+  assert 'step  200/1500  loss 0.9877' in capsys.readouterr().out
+
+
+def test_without_a_bar_the_eta_leaves_the_compilation_out(monkeypatch):
+  now = fake_clock(monkeypatch)
+  lines = []
+  p = progress.Progress(1500, echo=lines.append)
+  p.compiling()
+  now[0] += 60.0  # Compiling.
+  p.advance(1)
+  now[0] += 10.0  # 100 steps in 10 s.
+  p.advance(99)
+  p.record(RECORD)
+  # 1400 steps left at 10 steps/s: 2m20s (with the compile counted: 70/100·1400 = 16m).
+  assert lines[-1].endswith('eta 2m20s')
 
 
 def test_a_resumed_run_paces_its_eta_by_the_steps_it_ran(monkeypatch):

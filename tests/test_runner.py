@@ -264,3 +264,30 @@ def test_a_results_diagnostics_series_is_its_init_then_every_diagnostic_record(t
   assert fresh.init_diagnostics == {'grad_norm': 1.0}
   assert fresh.diagnostics_series == [(0, {'grad_norm': 1.0}), (10, {'grad_norm': 2.0}),
                                       (20, {'grad_norm': 3.0})]
+
+
+def test_a_config_file_is_the_base_and_explicit_flags_win(tmp_path, data_dir):
+  """--config=runs/X/config.json: its values replace the defaults, given flags win,
+  and the run gets a new directory (the file's workdir and experiment are not taken)."""
+  from experiments import train as train_experiment  # pylint: disable=g-import-not-at-top
+  ran = Config(dataset=SMALL, data_dir=data_dir, hidden=(24, 8), lr=0.02, steps=7,
+               seed=3, workdir=str(tmp_path / 'old'), experiment='batchnorm')
+  path = tmp_path / 'config.json'
+  path.write_text(ran.to_json())
+  base = runner.config_file_overrides(path)
+  assert 'workdir' not in base and 'experiment' not in base
+  assert runner.config_file_overrides(tmp_path) == base  # A run directory works too.
+  work = runner.plan(train_experiment.EXPERIMENT,
+                     {'seed': 4, 'workdir': str(tmp_path / 'new')},
+                     options=runner.Options(config=str(path)))
+  summary = work()
+  rerun = Config.from_json((tmp_path / 'new' / 'config.json').read_text())
+  assert rerun == dataclasses.replace(ran, seed=4, workdir=str(tmp_path / 'new'),
+                                      experiment='train')
+  assert summary['steps'] == 7
+  for bad, message in ((tmp_path / 'none.json', 'no such file'),
+                       (tmp_path / 'bad.json', 'not a readable config')):
+    if bad.name == 'bad.json':
+      bad.write_text('{"hidden": [8], "lr": -1}')
+    with pytest.raises((FileNotFoundError, ValueError), match=message):
+      runner.plan(train_experiment.EXPERIMENT, {}, options=runner.Options(config=str(bad)))

@@ -29,6 +29,51 @@ def test_one_device_needs_no_mesh():
   assert runtime.is_main_process()
 
 
+def test_the_environment_names_versions_devices_and_the_commit():
+  import importlib.metadata  # pylint: disable=g-import-not-at-top
+  import platform  # pylint: disable=g-import-not-at-top
+  environment = runtime.environment()
+  assert environment['python'] == platform.python_version()
+  for name in ('jax', 'jaxlib', 'flax', 'optax', 'numpy', 'tensorflow-datasets'):
+    assert environment['packages'][name] == importlib.metadata.version(name)
+  assert environment['packages']['jax'] == jax.__version__
+  devices = jax.devices()
+  assert environment['backend'] == jax.default_backend()
+  assert environment['devices'] == {
+      'platform': devices[0].platform, 'kinds': sorted({d.device_kind for d in devices}),
+      'count': len(devices), 'local_count': jax.local_device_count(),
+      'process_count': jax.process_count()}
+  head = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=REPO, capture_output=True,
+                        text=True)
+  if head.returncode == 0 and (REPO / '.git').exists():  # A clone, not an sdist.
+    assert environment['git']['commit'] == head.stdout.strip()
+  json.dumps(environment)  # It goes into summary.json as it is.
+  environment['packages']['jax'] = 'changed'  # A copy: the next call is untouched.
+  assert runtime.environment()['packages']['jax'] == jax.__version__
+
+
+def test_git_state_of_a_work_tree_and_of_no_repository(tmp_path):
+  git = ['git', '-c', 'user.name=t', '-c', 'user.email=t@example.com', '-C', str(tmp_path)]
+  assert runtime.git_state(tmp_path) is None  # Not a repository.
+  subprocess.run([*git, 'init', '-q'], check=True)
+  assert runtime.git_state(tmp_path) is None  # No commit yet.
+  (tmp_path / 'code.py').write_text('x = 1\n')
+  subprocess.run([*git, 'add', 'code.py'], check=True)
+  subprocess.run([*git, 'commit', '-q', '-m', 'code'], check=True)
+  commit = subprocess.run([*git, 'rev-parse', 'HEAD'], check=True, capture_output=True,
+                          text=True).stdout.strip()
+  assert runtime.git_state(tmp_path) == {'commit': commit, 'dirty': False}
+  (tmp_path / 'code.py').write_text('x = 2\n')
+  assert runtime.git_state(tmp_path) == {'commit': commit, 'dirty': True}
+  (tmp_path / 'inner').mkdir()  # Inside the repository but not its top: not its code.
+  assert runtime.git_state(tmp_path / 'inner') is None
+
+
+def test_without_git_the_environment_has_no_commit(tmp_path, monkeypatch):
+  monkeypatch.setenv('PATH', str(tmp_path))  # No git on it.
+  assert runtime.git_state(REPO) is None
+
+
 def python(code: str, *, env: dict[str, str] | None = None, timeout: int = 300):
   return subprocess.run([sys.executable, '-c', textwrap.dedent(code)], cwd=REPO,
                         capture_output=True, text=True, timeout=timeout,

@@ -5,7 +5,6 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from fundamentals import doctor
@@ -42,7 +41,8 @@ def test_run_writes_its_files_and_the_loss_decreases(tmp_path, small_dataset):
       json.dumps(summary))
   assert all('diagnostics' not in r for r in records)  # diagnostics_every=0
   assert not (workdir / 'diagnostics.json').exists()
-  assert {p.name for p in workdir.glob('*.png')} == {'loss.png'}
+  assert {p.name for p in workdir.glob('*.png')} == {'loss.png', 'confusion_test.png',
+                                                     'misclassified_test.png'}
   assert '![Loss and accuracy](loss.png)' in (workdir / 'report.md').read_text()
   assert summary['status'] == 'completed' and summary['steps'] == 40
   assert summary['final_train_accuracy'] > 3 / 30  # well above chance (1/30)
@@ -154,7 +154,8 @@ def test_diagnostics_run_writes_every_output(tmp_path, small_dataset):
   assert sum(histograms['activation']['layer0']['counts']) == 50 * 32  # the whole batch
 
   figures = {'loss.png', 'activation_histograms.png', 'gradient_histograms.png',
-             'update_to_data.png', 'dead_fraction.png'}
+             'colorful_dimension.png', 'update_to_data.png', 'dead_fraction.png',
+             'confusion_test.png', 'misclassified_test.png'}
   assert {p.name for p in workdir.glob('*.png')} == figures <= set(plots.FIGURES)
   report = (workdir / 'report.md').read_text()
   for name in figures:
@@ -215,7 +216,9 @@ def test_runs_differing_only_in_per_run_values_share_one_compilation(tmp_path,
       **TINY, 'steps': 4, 'hidden': (24,), 'lr': 0.07, 'seed': 5, 'init': 'xavier',
       'output_init': 'lecun', 'output_scale': 0.5, 'momentum': 0.5, 'data_seed': 3})
   assert set(train.PER_RUN) == {'seed', 'init', 'init_gain', 'bias_std', 'output_init',
-                                'output_scale', 'lr', 'momentum', 'data_seed'}
+                                'output_scale', 'lr', 'momentum', 'data_seed',
+                                'weight_decay', 'grad_clip_norm', 'adam_b1', 'adam_b2',
+                                'adam_eps'}
   assert train.canonical_config(first) == train.canonical_config(second)
   with runtime.compile_log() as compiles:
     summaries = [train.fit(first, dataset=small_dataset, echo=lambda line: None)]
@@ -235,21 +238,6 @@ def test_runs_differing_only_in_per_run_values_share_one_compilation(tmp_path,
   assert summaries[0].summary['final_train_loss'] != summaries[1].summary['final_train_loss']
   third = dataclasses.replace(first, workdir=str(tmp_path / 'c'), momentum=0.0)
   assert train.canonical_config(third) != train.canonical_config(first)
-
-
-def test_scheduled_sgd_makes_the_updates_of_optax_sgd():
-  shape = optax.cosine_decay_schedule(1.0, 50)
-  ours = optax.inject_hyperparams(optimizers.scheduled_sgd, static_args=('shape',))(
-      learning_rate=0.05, momentum=0.9, shape=shape)
-  reference = optax.sgd(optax.cosine_decay_schedule(0.05, 50), momentum=0.9)
-  params = {'w': jnp.linspace(-1.0, 1.0, 7)}
-  mine, theirs = ours.init(params), reference.init(params)
-  for step in range(20):
-    grads = {'w': jnp.sin(params['w'] * (step + 1))}
-    a, mine = ours.update(grads, mine, params)
-    b, theirs = reference.update(grads, theirs, params)
-    np.testing.assert_array_equal(a['w'], b['w'])
-    params = optax.apply_updates(params, a)
 
 
 def test_vectorized_runs_match_the_same_runs_alone(tmp_path, small_dataset):
