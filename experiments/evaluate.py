@@ -23,6 +23,7 @@ from fundamentals import losses
 from fundamentals import plots
 from fundamentals import report
 from fundamentals import runner
+from fundamentals import runtime
 from fundamentals import saved_model
 from fundamentals import train
 from fundamentals.config import Knobs, knob
@@ -59,7 +60,10 @@ class Settings(Knobs):
 
 
 def members(config, s: Settings) -> dict[str, dict]:
-  del config, s
+  del config
+  if s.images or s.top_k != 5:
+    raise ValueError('--images and --top_k apply to --experiment=predict; evaluate takes '
+                     '--from, --model, --splits and the data flags')
   return {'evaluation': {}}
 
 
@@ -84,13 +88,16 @@ def measure(context: runner.Context, member) -> dict[str, Any]:
         'examples': int(len(labels)),
         'loss': saved_model.cross_entropy(logits, labels),
         'accuracy': float(np.mean(predictions == labels)),
-        'per_class_accuracy': dict(zip(loaded.class_names,
-                                       losses.per_class_accuracy(confusion).tolist())),
+        # None for a class the split has no example of.
+        'per_class_accuracy': {name: (acc if np.isfinite(acc) else None) for name, acc in
+                               zip(loaded.class_names,
+                                   losses.per_class_accuracy(confusion).tolist())},
         'confusion': confusion.tolist(),
     }
-    out.setdefault('figures', {}).update(plots.save_classification_figures(
-        workdir, split=split, images=images, labels=labels, predictions=predictions,
-        probabilities=probabilities.max(-1), class_names=loaded.class_names))
+    out.setdefault('figures', {}).update(runtime.on_main_process(
+        lambda: plots.save_classification_figures(
+            workdir, split=split, images=images, labels=labels, predictions=predictions,
+            probabilities=probabilities.max(-1), class_names=loaded.class_names)) or {})
   if not out['splits']:
     raise ValueError(f'{dataset.name} has none of the splits {list(s.splits)}')
   return out
@@ -99,7 +106,10 @@ def measure(context: runner.Context, member) -> dict[str, Any]:
 def summarize(context: runner.Context, results: dict[str, runner.Result]
               ) -> runner.Summary:
   out = results['evaluation'].output
-  recorded = _recorded(out['from'], out['model'])
+  own = saved_model.as_config_overrides(out['from'])
+  recorded = (_recorded(out['from'], out['model'])
+              if (own.get('dataset'), own.get('data_dir')) == (
+                  context.config.dataset, context.config.data_dir) else {})
   rows = [[split, m['examples'], f'{m["loss"]:.4f}', f'{m["accuracy"]:.2%}',
            _format(recorded.get(f'{split}_loss'))]
           for split, m in _in_order(out['splits'])]
@@ -110,7 +120,8 @@ def summarize(context: runner.Context, results: dict[str, runner.Result]
                                    'loss the run recorded'], rows, align='lrrrr')
           + '\n')
   for split, m in _in_order(out['splits']):
-    worst = sorted(m['per_class_accuracy'].items(), key=lambda kv: kv[1])[:5]
+    worst = sorted(((name, acc) for name, acc in m['per_class_accuracy'].items()
+                    if acc is not None), key=lambda kv: kv[1])[:5]
     text += (f'\n## {split}\n\nLowest per-class accuracy: '
              + ', '.join(f'{name} {acc:.0%}' for name, acc in worst) + '\n')
     for name, caption in out.get('figures', {}).items():
@@ -140,8 +151,13 @@ def _format(value) -> str:
   return f'{value:.4f}' if isinstance(value, (int, float)) else '–'
 
 
-def inherits(s: Settings) -> dict[str, Any]:
-  return saved_model.as_config_overrides(s.from_)
+def inherits(s: Settings, overrides: dict[str, Any]) -> dict[str, Any]:
+  """The run's data settings; with --dataset or --data_dir given, its image size
+  only (the other data is described by the flags, not mixed with the run's)."""
+  inherited = saved_model.as_config_overrides(s.from_)
+  if 'dataset' in overrides or 'data_dir' in overrides:
+    return {'image_size': inherited['image_size']} if 'image_size' in inherited else {}
+  return inherited
 
 
 EXPERIMENT = runner.Experiment(

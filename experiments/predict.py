@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 from absl import logging
+from PIL import Image
 
 from experiments import evaluate
 from fundamentals import image_folder
@@ -28,6 +29,9 @@ GRID_IMAGES = 24
 
 def members(config, s: evaluate.Settings) -> dict[str, dict]:
   del config
+  if s.splits != evaluate.Settings.splits:
+    raise ValueError('--splits applies to --experiment=evaluate; predict takes --from, '
+                     '--model, --images and --top_k')
   if not s.images:
     raise ValueError('--images is needed: the folder of images to classify')
   if not pathlib.Path(s.images).is_dir():
@@ -55,7 +59,7 @@ def read_images(files: list[pathlib.Path], image_size: int
     try:
       images.append(image_folder.decode(path, image_size)[0])
       kept.append(path)
-    except (OSError, ValueError):
+    except (OSError, ValueError, Image.DecompressionBombError):
       bad.append(path)
   if bad:
     logging.warning('skipped %d unreadable image file(s): %s', len(bad),

@@ -194,7 +194,12 @@ class Config(Knobs):
   keep_model: bool = knob(
       True, 'Keep the trained model in <workdir>/model/ (the final one, and the best '
       'on the validation split when there is one), for --experiment=evaluate and '
-      '--experiment=predict.', group='run')
+      '--experiment=predict (the members of a lesson keep none unless asked).',
+      group='run')
+  classification_figures: bool = knob(
+      True, 'Draw the final model\'s confusion matrix (with per-class accuracy) and its '
+      'misclassified examples for the test and validation splits (a few seconds a '
+      'run; the members of a lesson skip them unless asked).', group='run')
   diagnostics_every: int = knob(
       100, 'Steps between per-layer diagnostics (activation/gradient statistics, '
       'update:data ratios, histograms); 0 turns them off.', group='run')

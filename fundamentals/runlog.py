@@ -244,7 +244,9 @@ class GroupLog:
       for run in self.runs:
         findings = doctor.examine(doctor.Run(run.config, run.initial))
         report_findings(run.echo, 'doctor at init', findings)
-        tensorboard_events.write_findings(run.writer, 'init', findings, step=0)
+        # After the first dispatch: the writer (tensorboardX) is made on first use.
+        self.host_work.append(functools.partial(
+            tensorboard_events.write_findings, run.writer, 'init', findings, step=0))
     self.bar.compiling()
 
   def _take_init_diagnostics(self):

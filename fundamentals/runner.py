@@ -160,8 +160,9 @@ class Experiment:
       settings' defaults at that scale (module docstring); ``default`` is none.
     needs_data: whether its members use the dataset (else it is not loaded unless
       asked for: ``Context.dataset``).
-    inherits: ``inherits(settings) -> Config overrides`` taken from elsewhere (the
-      kept model an ``evaluate`` reads: its data), below the explicit flags.
+    inherits: ``inherits(settings, overrides) -> Config overrides`` taken from
+      elsewhere (the kept model an ``evaluate`` reads: its data), below the explicit
+      flags ``overrides``.
   """
   name: str
   description: str
@@ -177,7 +178,7 @@ class Experiment:
   paper: str = ''
   scales: dict[str, Scale] = dataclasses.field(default_factory=dict)
   needs_data: bool = True
-  inherits: Callable[[Any], dict[str, Any]] | None = None
+  inherits: Callable[[Any, dict[str, Any]], dict[str, Any]] | None = None
 
   def scale(self, name: str) -> Scale:
     """The scale ``name``; raises ValueError naming the ones this experiment has."""
@@ -194,7 +195,12 @@ class Experiment:
                 scale: str = 'default') -> Config:
     """The base config: this experiment's defaults, those of ``scale``, then the
     explicit ``overrides``."""
-    return Config(**{**self.defaults, **self.scale(scale).config, **(overrides or {}),
+    # A lesson's members keep no model and draw no confusion matrix (the flags ask);
+    # train runs do.
+    own_runs = self.members is None
+    return Config(**{'keep_model': own_runs, 'classification_figures': own_runs,
+                     **self.defaults,
+                     **self.scale(scale).config, **(overrides or {}),
                      'experiment': self.name})
 
   def default_settings(self, overrides: dict[str, Any] | None = None, *,
@@ -553,7 +559,7 @@ def plan(experiment: Experiment, overrides: dict[str, Any], *,
   if options.config:
     overrides = {**config_file_overrides(options.config), **overrides}
   if experiment.inherits is not None:
-    overrides = {**experiment.inherits(built_settings), **overrides}
+    overrides = {**experiment.inherits(built_settings, overrides), **overrides}
   config, dataset = resolve_auto_lr(experiment, overrides, axes=axes, scale=options.scale,
                                     echo=echo)
   if experiment.members is None and not axes:

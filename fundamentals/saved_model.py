@@ -66,6 +66,11 @@ def describe(config: Config, dataset: data_lib.Dataset) -> dict[str, Any]:
   }
 
 
+def has(workdir: str | pathlib.Path, kind: str) -> bool:
+  """Whether the run in ``workdir`` kept a model of ``kind``."""
+  return f'{kind}_step' in read_meta(workdir, missing_ok=True)
+
+
 def read_meta(workdir: str | pathlib.Path, *, missing_ok: bool = False) -> dict[str, Any]:
   """model.json of the run in ``workdir``; raises FileNotFoundError / ValueError
   naming the file when there is none, or it is damaged."""
@@ -145,8 +150,9 @@ def logits(loaded: Loaded, images: np.ndarray, *, batch_size: int = 500) -> np.n
                      f'{loaded.image_shape}')
   mean = np.asarray(loaded.meta['normalization']['mean'], np.float32)
   std = np.asarray(loaded.meta['normalization']['std'], np.float32)
-  return batched(lambda x: _logits(loaded.graph, loaded.params, loaded.batch_stats, x,
-                                   mean, std), images, batch_size=batch_size)
+  step = make_logits_step(loaded.graph)
+  return batched(lambda x: step(loaded.params, loaded.batch_stats, x, mean, std), images,
+                 batch_size=batch_size)
 
 
 def batched(logits_fn, images: np.ndarray, *, batch_size: int = 500) -> np.ndarray:
@@ -173,9 +179,17 @@ def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
   return float(np.mean(logsumexp - z[np.arange(len(z)), np.asarray(labels)]))
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _logits(graph, params, batch_stats, x, mean, std):
-  return models.apply(graph, params, batch_stats, data_lib.normalize(x, mean, std))[0]
+@functools.lru_cache(maxsize=16)
+def make_logits_step(graph: nnx.GraphDef):
+  """``logits_step(params, batch_stats, images, mean, std) -> logits``, jitted: the
+  model of the evaluation-mode ``graph`` on uint8 images normalized by ``mean``, ``std``
+  (one per graph and process)."""
+
+  def logits_step(params, batch_stats, images, mean, std):
+    return models.apply(graph, params, batch_stats,
+                        data_lib.normalize(images, mean, std))[0]
+
+  return jax.jit(logits_step)
 
 
 def label_map(loaded: Loaded, class_names) -> np.ndarray:

@@ -158,7 +158,7 @@ def batch_order(epoch_perm: Callable[[int], jax.Array], *, steps_per_epoch: int,
 def chunk_length(config: Config, steps_per_epoch: int) -> int:
   """Most steps one compiled call runs (``Steps.train_steps``): a window between two
   records, within one epoch."""
-  every = [config.log_every, steps_per_epoch, config.steps]
+  every = [config.log_every, config.eval_every, steps_per_epoch, config.steps]
   if config.diagnostics_every:
     every.append(config.diagnostics_every)
   return max(1, min(every))
@@ -186,7 +186,8 @@ def windows(epoch_perm: Callable[[int], jax.Array], config: Config, *,
 
 def next_record_step(step: int, config: Config) -> int:
   """The first record step (1-based, :func:`is_record_step`) after ``step`` steps."""
-  candidates = [config.steps, (step // config.log_every + 1) * config.log_every]
+  candidates = [config.steps, (step // config.log_every + 1) * config.log_every,
+                (step // config.eval_every + 1) * config.eval_every]
   if config.diagnostics_every:
     every = config.diagnostics_every
     candidates.append((step // every + 1) * every)
@@ -310,17 +311,6 @@ def make_eval_step(graphs: Graphs, *, vectorized: bool = False) -> Callable:
   return jax.jit(eval_step)
 
 
-def make_logits_step(graphs: Graphs) -> Callable:
-  """Returns ``logits_step(params, batch_stats, images, mean, std) -> logits`` of one
-  run in evaluation mode, jitted (the confusion matrix's predictions)."""
-
-  def logits_step(params, batch_stats, images, mean, std):
-    return models.apply(graphs.eval, params, batch_stats,
-                        data_lib.normalize(images, mean, std))[0]
-
-  return jax.jit(logits_step)
-
-
 def classify(logits_step: Callable, model_arrays, dataset: data_lib.Dataset, mean, std,
              ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
   """Per held-out split, ``(images, labels, logits)`` of the model ``model_arrays``
@@ -335,7 +325,7 @@ class Steps(NamedTuple):
   train: Callable
   eval: Callable
   train_steps: Callable  # Several train steps per call (make_train_steps).
-  logits: Callable  # One run's evaluation-mode logits (make_logits_step).
+  logits: Callable  # One run's evaluation-mode logits (saved_model.make_logits_step).
 
 
 @functools.lru_cache(maxsize=16)
@@ -355,7 +345,7 @@ def compiled_steps(graphs: Graphs, canonical: Config, *,
       augment=augment_lib.make_augment(canonical.augment), mesh=mesh,
       vectorized=vectorized, shared_order=shared_order)
   return Steps(make(), make_eval_step(graphs, vectorized=vectorized),
-               make_train_steps(make(jit=False)), make_logits_step(graphs))
+               make_train_steps(make(jit=False)), saved_model.make_logits_step(graphs.eval))
 
 
 def evaluate(eval_step: Callable, state: TrainState, images: np.ndarray,
@@ -495,6 +485,8 @@ def fit_group(configs: Sequence[Config], *, dataset: data_lib.Dataset | None = N
   for done, perm, position, count, diagnose in windows(
       epoch_perm, config, steps_per_epoch=steps_per_epoch, start=start_step,
       first_alone=True):
+    if not log.any_active:  # Resumed after every run stopped (early or diverged).
+      break
     plain = count - diagnose  # A diagnostics step runs on its own, as the last one.
     if plain:
       log.before_step(False)
@@ -534,7 +526,8 @@ def fit_group(configs: Sequence[Config], *, dataset: data_lib.Dataset | None = N
       break
   train_loop_s = log.end_loop()
   classified = [classify(steps.logits, run.final_state or saved_model.model_arrays(s),
-                         dataset, mean, std) if run.status == 'completed' else {}
+                         dataset, mean, std)
+                if run.status == 'completed' and run.config.classification_figures else {}
                 for run, s in zip(runs, runlog.per_run(state, vectorized))]
   drawn = log.draw_in_background(classified)  # While the final evaluation runs.
   final = ({split: evaluate(steps.eval, state, *split_of(dataset, split), mean, std)
@@ -622,6 +615,9 @@ def _start_runs(configs: Sequence[Config], dataset: data_lib.Dataset, *,
           runtime.share(leaves, like=checkpoints.raw_leaves(start.state)),
           like=start.state))
       run.resume(found[i][start_step])
+      if run.stopped_at is not None and saved_model.has(workdir, 'final'):
+        loaded = saved_model.load(workdir, 'final')  # Its figures are of its stop.
+        run.final_state = (loaded.params, loaded.batch_stats)
     if c.augment:
       augment_lib.save_preview(workdir / 'augment_preview.png', dataset.train_images,
                                dataset.train_labels, c.augment,
@@ -701,9 +697,10 @@ def is_diagnostics_step(done: int, config: Config) -> bool:
 
 
 def is_record_step(done: int, config: Config) -> bool:
-  """A metrics record every ``log_every`` steps, at diagnostics steps, and at the end."""
-  return (done % config.log_every == 0 or done == config.steps
-          or is_diagnostics_step(done, config))
+  """A metrics record every ``log_every`` steps, at each evaluation (every
+  ``eval_every`` steps), at diagnostics steps, and at the end."""
+  return (done % config.log_every == 0 or done % config.eval_every == 0
+          or done == config.steps or is_diagnostics_step(done, config))
 
 
 def eval_splits(dataset: data_lib.Dataset) -> tuple[str, ...]:

@@ -19,7 +19,7 @@ from conftest import REPO, SMALL
 def _run(settings, workdir, **overrides):
   settings = evaluate.EXPERIMENT.default_settings(settings)
   config = evaluate.EXPERIMENT.configure(
-      {**evaluate.inherits(settings), 'workdir': str(workdir), **overrides})
+      {**evaluate.inherits(settings, overrides), 'workdir': str(workdir), **overrides})
   return runner.run(evaluate.EXPERIMENT, config, settings=settings, echo=lambda _: None)
 
 
@@ -110,3 +110,13 @@ def test_through_launch_from_is_the_flag_and_errors_are_one_line(kept_run, tmp_p
       cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
   assert bad.returncode == 2
   assert bad.stderr.strip().count('\n') == 0 and 'does not exist' in bad.stderr
+
+
+def test_other_data_is_described_by_the_flags_alone(kept_run):
+  """--dataset or --data_dir given: none of the run's data settings mix in (its
+  data_dir with another dataset, or its dataset inside another folder)."""
+  settings = evaluate.EXPERIMENT.default_settings({'from_': kept_run})
+  own = evaluate.inherits(settings, {})
+  assert own['dataset'] == SMALL and own['validation_fraction'] == 0.25
+  for given in ({'data_dir': '/elsewhere'}, {'dataset': 'image_folder'}):
+    assert evaluate.inherits(settings, given) == {'image_size': 64}

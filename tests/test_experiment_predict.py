@@ -59,3 +59,11 @@ def test_needs_a_folder_with_images(kept_run, tmp_path):
                  settings=evaluate.Settings(from_=kept_run, images=images),
                  echo=lambda _: None)
   assert not (tmp_path / 'out').exists()
+
+
+def test_settings_of_the_other_experiment_are_refused(kept_run, tmp_path):
+  with pytest.raises(ValueError, match='--splits applies to --experiment=evaluate'):
+    predict.members(None, evaluate.Settings(from_=kept_run, images=str(tmp_path),
+                                            splits=('test',)))
+  with pytest.raises(ValueError, match='--images and --top_k apply to --experiment=predict'):
+    evaluate.members(None, evaluate.Settings(from_=kept_run, images=str(tmp_path)))

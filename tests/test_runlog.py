@@ -13,6 +13,7 @@ from fundamentals import saved_model
 from fundamentals import train
 from fundamentals.config import Config
 from conftest import SMALL
+from test_train import Interrupted, interrupt_at
 
 # Overfits the small dataset within a few evaluations (lr 0.5, 32 units), so that
 # its validation loss turns up and patience 2 runs out well before the last step.
@@ -111,18 +112,29 @@ def test_the_summary_keeps_per_class_accuracy_and_the_classification_figures(sto
               / f'{figure}_{split}.png').stat().st_size > 1000
 
 
-def test_vectorized_runs_stop_each_on_its_own(stopped, data_dir, tmp_path):
+def _group(config, root, **overrides):
+  """The overfitting run and a slow one (lr 0.01) that does not stop, as a group."""
+  return [dataclasses.replace(config, workdir=str(root / 'fast'), **overrides),
+          dataclasses.replace(config, lr=0.01, workdir=str(root / 'slow'), **overrides)]
+
+
+@pytest.fixture(scope='module')
+def group(stopped, tmp_path_factory):
+  config, _ = stopped
+  configs = _group(config, tmp_path_factory.mktemp('group'))
+  return configs, train.fit_group(configs, echo=lambda line: None)
+
+
+def test_vectorized_runs_stop_each_on_its_own(stopped, group):
   """A vectorized group: the run that overfits stops alone, as it does alone; the
   other trains on."""
   config, fit = stopped
-  slow = dataclasses.replace(config, lr=0.01, workdir=str(tmp_path / 'slow'))
-  fast = dataclasses.replace(config, workdir=str(tmp_path / 'fast'))
-  fits = train.fit_group([fast, slow], echo=lambda line: None)
+  (fast, slow), fits = group
   assert fits[0].summary['early_stopped_at_step'] == fit.summary['early_stopped_at_step']
   assert fits[0].summary['best_step'] == fit.summary['best_step']
   assert fits[0].summary['final_test_loss'] == pytest.approx(
       fit.summary['final_test_loss'], rel=1e-4)
-  records = [json.loads(line) for line in open(tmp_path / 'slow' / 'metrics.jsonl',
+  records = [json.loads(line) for line in open(f'{slow.workdir}/metrics.jsonl',
                                                encoding='utf-8')]
   assert fits[1].summary['early_stopped_at_step'] is None
   assert records[-1]['step'] == slow.steps
@@ -133,6 +145,23 @@ def test_vectorized_runs_stop_each_on_its_own(stopped, data_dir, tmp_path):
   assert saved_model.cross_entropy(saved_model.logits(loaded, dataset.test_images),
                                    dataset.test_labels) == pytest.approx(
                                        fits[0].summary['final_test_loss'], rel=1e-5)
+
+
+def test_a_group_resumed_after_a_member_stopped_keeps_that_member_s_stop(
+    stopped, group, tmp_path):
+  """Checkpointed after one member stopped, killed, resumed: the stopped member's
+  final figures are still those of its stop (its model/final), every number equal."""
+  config, fit = stopped
+  stop = fit.summary['early_stopped_at_step']
+  assert stop + 20 < config.steps  # A checkpoint after the stop, a kill after that.
+  configs = _group(config, tmp_path, checkpoint_every=stop + 10)
+  with pytest.raises(Interrupted):
+    train.fit_group(configs, echo=interrupt_at(stop + 20))
+  resumed = train.fit_group(configs, resume=True, echo=lambda line: None)
+  for whole, again in zip(group[1], resumed):
+    for key in ('early_stopped_at_step', 'best_step', 'final_test_loss',
+                'final_train_loss', 'final_per_class_accuracy'):
+      assert again.summary[key] == whole.summary[key], key
 
 
 def test_early_stopping_needs_a_validation_split_and_writes_nothing(data_dir, tmp_path):
