@@ -97,7 +97,8 @@ def measure(context: runner.Context, member) -> dict[str, Any]:
     out.setdefault('figures', {}).update(runtime.on_main_process(
         lambda: plots.save_classification_figures(
             workdir, split=split, images=images, labels=labels, predictions=predictions,
-            probabilities=probabilities.max(-1), class_names=loaded.class_names)) or {})
+            probabilities=probabilities.max(-1), class_names=loaded.class_names,
+            confusion=confusion)) or {})
   if not out['splits']:
     raise ValueError(f'{dataset.name} has none of the splits {list(s.splits)}')
   return out

@@ -430,8 +430,8 @@ def misclassified_grid_figure(images: np.ndarray, labels, predictions, probabili
 
 
 def save_classification_figures(workdir: pathlib.Path, *, split: str, images: np.ndarray,
-                                labels, predictions, probabilities,
-                                class_names) -> dict[str, str]:
+                                labels, predictions, probabilities, class_names,
+                                confusion: np.ndarray) -> dict[str, str]:
   """Writes ``confusion_<split>.png`` and ``misclassified_<split>.png``; returns
   ``{file name: caption}`` as :func:`save_figures` does.
 
@@ -442,10 +442,11 @@ def save_classification_figures(workdir: pathlib.Path, *, split: str, images: np
     labels, predictions: ``[N]`` class indices.
     probabilities: ``[N, num_classes]`` softmax outputs (or ``[N]``, of the prediction).
     class_names: one name per class.
+    confusion: ``losses.confusion_matrix(labels, predictions, len(class_names))``,
+      which the caller also keeps (per-class accuracy), computed once.
   """
   if split not in _SPLIT_STYLE:
     raise ValueError(f'{split=} must be one of {list(_SPLIT_STYLE)}')
-  confusion = losses.confusion_matrix(labels, predictions, len(class_names))
   figures = {  # name: (caption, figure, dpi); the photos' grid at 64 dpi: 2 px a pixel.
       f'confusion_{split}.png': (
           f'Confusion matrix and per-class accuracy ({split})',

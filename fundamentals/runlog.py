@@ -177,14 +177,14 @@ class RunLog:
     self.per_class_accuracy = {}
     for split, (images, labels, logits) in (classified or {}).items():
       predictions = np.argmax(logits, -1)
+      class_names = self.model_meta['class_names']
+      confusion = losses.confusion_matrix(labels, predictions, len(class_names))
       figures.update(plots.save_classification_figures(
           self.workdir, split=split, images=images, labels=labels,
           predictions=predictions, probabilities=saved_model.softmax(logits).max(-1),
-          class_names=self.model_meta['class_names']))
-      accuracy = losses.per_class_accuracy(losses.confusion_matrix(
-          labels, predictions, len(self.model_meta['class_names'])))
-      self.per_class_accuracy[split] = dict(zip(self.model_meta['class_names'],
-                                                accuracy.tolist()))
+          class_names=class_names, confusion=confusion))
+      self.per_class_accuracy[split] = dict(zip(
+          class_names, losses.per_class_accuracy(confusion).tolist()))
     return {phase: m['scalars'] for phase, m in measured.items()}, figures
 
   def write_outputs(self, summary: dict[str, Any], *,

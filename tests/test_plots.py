@@ -197,7 +197,8 @@ def test_save_classification_figures_writes_the_split_files(tmp_path):
   written = plots.save_classification_figures(
       tmp_path, split='validation', images=rng.integers(0, 256, (30, 8, 8, 1), np.uint8),
       labels=labels, predictions=predicted, probabilities=rng.random(30),
-      class_names=CLASS_NAMES)
+      class_names=CLASS_NAMES,
+      confusion=losses.confusion_matrix(labels, predicted, len(CLASS_NAMES)))
   assert list(written) == ['confusion_validation.png', 'misclassified_validation.png']
   assert set(written) <= set(plots.FIGURES)
   assert all(caption for caption in written.values())
@@ -206,7 +207,7 @@ def test_save_classification_figures_writes_the_split_files(tmp_path):
   with pytest.raises(ValueError, match="split='dev' must be one of"):
     plots.save_classification_figures(
         tmp_path, split='dev', images=None, labels=labels, predictions=predicted,
-        probabilities=None, class_names=CLASS_NAMES)
+        probabilities=None, class_names=CLASS_NAMES, confusion=None)
 
 
 def relu_histograms(rng):
