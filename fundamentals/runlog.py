@@ -209,6 +209,18 @@ class RunLog:
               f'{summary["wall_time_s"]:.1f}s')
 
 
+MAX_IN_FLIGHT = 8
+"""How many dispatched train calls may run ahead of the host: at the next one, the
+host waits for the oldest. Without a bound, a data-parallel run on CPU devices
+(``--xla_force_host_platform_device_count``) deadlocks in its first all-reduce once
+more than about 32 programs are queued (XLA:CPU admits 32 executions per device
+ahead of the host; the per-device parts of one program then wait in the all-reduce
+rendezvous for partners that cannot start: measured, 33 queued ran and 40 aborted
+after the 40 s rendezvous timeout). Small epochs make many windows between two
+records (each epoch's end ends one), so it was met at ordinary intervals. Eight keep
+any device busy: each call is at least one whole train step."""
+
+
 class GroupLog:
   """What the runs trained together share on the host: the steps dispatched since
   the last record, the progress bar, work left for while the device runs, the init
@@ -223,6 +235,7 @@ class GroupLog:
                echo: Callable[[str], Any], vectorized: bool):
     self.runs, self.config, self.vectorized = list(runs), config, vectorized
     self.pending: list[Any] = []  # The metrics of the steps since the last record.
+    self.in_flight: list[Any] = []  # Those of the last dispatches (MAX_IN_FLIGHT).
     self.host_work: list[Callable[[], Any]] = []  # Done after the next dispatch.
     self.new_records: dict[int, dict[str, Any]] = {}
     self.last_time, self.last_step = time.time(), start_step
@@ -266,6 +279,9 @@ class GroupLog:
     steps, ``train.make_train_steps``): its metrics wait for the next record; host
     work is done while the device runs it."""
     self.pending.append((metrics, count))
+    self.in_flight.append(metrics)
+    if len(self.in_flight) > MAX_IN_FLIGHT:  # See MAX_IN_FLIGHT.
+      jax.block_until_ready(self.in_flight.pop(0))
     self.bar.advance(count or 1)
     while self.host_work:
       self.host_work.pop(0)()

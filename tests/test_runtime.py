@@ -126,6 +126,35 @@ def test_data_parallel_on_two_devices_equals_one_device(tmp_path, data_dir):
 
 
 @pytest.mark.slow
+def test_data_parallel_on_cpu_devices_at_ordinary_intervals_does_not_deadlock(tmp_path,
+                                                                               data_dir):
+  """Many train calls queued between two records (2-step epochs, records every
+  1000 steps: 500 calls) once deadlocked two CPU devices in their first all-reduce
+  (XLA:CPU's rendezvous, aborted after 40 s); the host now keeps at most
+  ``runlog.MAX_IN_FLIGHT`` calls ahead. Also the issue's own command (defaults)."""
+  code = f'''
+      import json
+      from fundamentals import data, train
+      from fundamentals.config import Config
+      dataset = data.load({SMALL!r}, data_dir={data_dir!r})
+      out = {{}}
+      for name, values in {{
+          'defaults': dict(hidden=(64, 64), steps=200),
+          'long_windows': dict(hidden=(16,), steps=1000, batch_size=300, log_every=1000,
+                               eval_every=1000, diagnostics_every=0)}}.items():
+        config = Config(dataset={SMALL!r}, data_parallel=True,
+                        workdir={str(tmp_path)!r} + '/' + name, **values)
+        out[name] = train.fit(config, dataset=dataset, echo=lambda line: None).summary
+      print(json.dumps(out, default=str))
+  '''
+  result = python(code, env={'XLA_FLAGS': '--xla_force_host_platform_device_count=2'})
+  assert result.returncode == 0, result.stderr[-3000:]
+  out = json.loads(result.stdout.strip().splitlines()[-1])
+  for name, summary in out.items():
+    assert summary['status'] == 'completed' and summary['devices'] == 2, name
+
+
+@pytest.mark.slow
 def test_two_processes_train_as_one_multi_host_run(tmp_path, data_dir):
   """jax.distributed over two local processes (one CPU device each, gloo collectives):
   both see the same numbers, equal to a one-process run's; only process 0 writes."""
