@@ -19,6 +19,14 @@ from absl import flags
 from fundamentals import config as config_lib
 
 FLAGS = flags.FLAGS
+
+# launch.py's exit status, for schedulers and scripts (README.md, "Exit status").
+EXIT_COMPLETED = 0
+EXIT_CRASHED = 1  # An unexpected error: Python's own status for an uncaught exception.
+EXIT_USAGE = 2  # A user error (flag, file, folder), refused before any work.
+EXIT_DIVERGED = 3  # A run, or a member of a sweep or experiment, diverged.
+EXIT_INTERRUPTED = 4  # Stopped by SIGTERM or SIGINT, checkpointed: --resume goes on.
+
 USER_ERRORS = (ValueError, OSError)
 """What a user's input raises before any work starts: bad values (ValueError),
 missing data or an occupied directory (FileNotFoundError, FileExistsError…)."""
@@ -121,4 +129,4 @@ def user_errors(program: str) -> Iterator[None]:
 def _exit(program: str, error: Exception):
   message = str(error).strip() or type(error).__name__
   print(f'{program.rsplit("/", 1)[-1]}: error: {message}', file=sys.stderr)
-  sys.exit(2)
+  sys.exit(EXIT_USAGE)
