@@ -203,8 +203,8 @@ class RunLog:
     tensorboard_events.write_hparams(self.writer, self.config.to_dict(), summary,
                                      step=summary['steps'])
     self.writer.close()
-    files = sorted(p.name for p in self.workdir.iterdir()
-                   if not p.name.startswith('events.') and p.name != checkpoints.DIRNAME)
+    files = sorted(p.name for p in self.workdir.iterdir()  # Not the hidden .lock.
+                   if not p.name.startswith(('events.', '.')) and p.name != checkpoints.DIRNAME)
     self.echo(f'wrote {self.workdir}/ ({", ".join(files)}, TensorBoard events) in '
               f'{summary["wall_time_s"]:.1f}s')
 

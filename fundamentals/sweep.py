@@ -7,16 +7,20 @@ the Cartesian product of flag values (:func:`expand`: ``--init=normal,kaiming
 experiment's declaration (:func:`named`). :func:`run` runs this shard's unfinished
 members and skips those that finished (a re-run after a kill goes on where it
 stopped); ``--sweep_shard=k/n`` runs members k, k+n, k+2n, … so that n jobs cover a
-sweep disjointly. ``sweep.json`` records what the sweep is, so a different sweep is
-never mixed into its directory. Results, tables and figures are the runner's
-(``fundamentals.runner``) and the experiments'.
+sweep disjointly, at once: each member's directory is taken (``rundir.claim``)
+while it runs, the sweep's own directory is not, and its files are written
+atomically. ``sweep.json`` records what the sweep is, wherever it lies (a sweep moved
+elsewhere resumes there), so a different sweep is never mixed into its directory. A
+member whose summary cannot be read is said to be run again, never silently. Results,
+tables and figures are the runner's (``fundamentals.runner``) and the experiments'.
 """
 
+import contextlib
 import dataclasses
 import itertools
 import json
 import pathlib
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from fundamentals import config as config_lib
 from fundamentals import rundir
@@ -123,14 +127,34 @@ def plan(members: list[Member], axes: dict[str, list[Any]], mine: list[Member]) 
 
 
 def is_finished(member: Member) -> bool:
-  """Whether the member's run wrote a summary that says it finished."""
+  """Whether the member's run wrote a summary that says it finished (completed or
+  diverged; not ``interrupted``, which goes on from its checkpoint). A summary that
+  cannot be read says nothing (:func:`unreadable_summary`)."""
+  summary = _read_summary(pathlib.Path(member.config.workdir) / 'summary.json')
+  return isinstance(summary, dict) and summary.get('status') in FINISHED
+
+
+def unreadable_summary(member: Member) -> str:
+  """Why the member's ``summary.json`` cannot be read ('' when it can, or when there
+  is none): what :func:`run` says before running such a member again."""
   path = pathlib.Path(member.config.workdir) / 'summary.json'
+  summary = _read_summary(path)
+  if isinstance(summary, Exception):
+    return f'{path} is unreadable ({summary})'
+  if summary is not None and not isinstance(summary, dict):
+    return f'{path} is damaged (a JSON {type(summary).__name__}, not an object)'
+  return ''
+
+
+def _read_summary(path: pathlib.Path) -> Any:
+  """The JSON value of ``path``, None if there is no such file, or the error that
+  reading it raised."""
   if not path.exists():
-    return False
+    return None
   try:
-    return json.loads(path.read_text()).get('status') in FINISHED
-  except json.JSONDecodeError:
-    return False
+    return json.loads(path.read_bytes())
+  except (OSError, ValueError) as e:  # ValueError: JSONDecodeError, UnicodeDecodeError.
+    return e
 
 
 def manifest(base: Config, members: list[Member], *, experiment: str = 'train',
@@ -145,7 +169,19 @@ def manifest(base: Config, members: list[Member], *, experiment: str = 'train',
 
 
 def check_manifest(workdir: pathlib.Path, new: dict[str, Any], *, overwrite: bool):
-  """Refuses (FileExistsError) a directory that holds a different sweep, or a run."""
+  """Refuses a directory that holds a different sweep (compared wherever it lies: a
+  sweep moved elsewhere is the same sweep), a run, or a damaged ``sweep.json``
+  (ValueError naming it); one that cannot be written, or where a member's folder is
+  a file. Writes nothing."""
+  workdir = pathlib.Path(workdir)
+  if workdir.exists() and not workdir.is_dir():
+    raise FileExistsError(f'--workdir={workdir} exists and is not a directory')
+  rundir.check_writable(workdir)
+  for member in new['members']:
+    folder = workdir / member['name']
+    if folder.exists() and not folder.is_dir():
+      raise FileExistsError(f'{folder}, the folder of the member {member["name"]} of '
+                            f'--workdir={workdir}, is a file; move it away')
   path = workdir / MANIFEST
   if overwrite:
     return
@@ -154,14 +190,10 @@ def check_manifest(workdir: pathlib.Path, new: dict[str, Any], *, overwrite: boo
       raise FileExistsError(f'--workdir={workdir} already holds a run; choose another '
                             '--workdir (or pass --overwrite to replace it)')
     return
-  try:
-    old = json.loads(path.read_text())
-  except json.JSONDecodeError as e:
-    raise FileExistsError(f'{path} is damaged ({e}); use another --workdir or pass '
-                          '--overwrite') from None
+  old = _parse_manifest(path)
   same = (old.get('experiment', 'train') == new['experiment']
           and old.get('scale', 'default') == new.get('scale', 'default')
-          and old['axes'] == json.loads(json.dumps(new['axes']))
+          and old.get('axes', {}) == json.loads(json.dumps(new['axes']))
           and old.get('settings', {}) == json.loads(json.dumps(new['settings']))
           and [m['name'] for m in old['members']] == [m['name'] for m in new['members']]
           and _same_config(old['base'], new['base']))
@@ -180,16 +212,50 @@ def _same_config(stored: dict[str, Any], base: dict[str, Any]) -> bool:
   return old == Config.from_dict({k: v for k, v in base.items() if k != 'workdir'})
 
 
+def manifest_problem(value: Any) -> str:
+  """What is wrong with the content of a ``sweep.json`` ('' if nothing): the fields
+  that reading it needs, of the right types."""
+  if not isinstance(value, dict):
+    return f'a JSON {type(value).__name__}, not an object'
+  if not isinstance(value.get('base'), dict):
+    return 'no base config ("base")'
+  members = value.get('members')
+  if not isinstance(members, list) or not all(
+      isinstance(m, dict) and isinstance(m.get('name'), str)
+      and isinstance(m.get('settings'), dict) for m in members):
+    return 'its "members" are not a list of {"name", "settings"}'
+  for key in ('axes', 'settings'):
+    if not isinstance(value.get(key, {}), dict):
+      return f'its "{key}" are not an object'
+  return ''
+
+
+def _parse_manifest(path: pathlib.Path) -> dict[str, Any]:
+  """The content of the ``sweep.json`` at ``path``; ValueError naming it if damaged."""
+  try:
+    value = json.loads(path.read_bytes())
+    why = manifest_problem(value)
+  except ValueError as e:  # JSONDecodeError, UnicodeDecodeError.
+    why = str(e)
+  if why:
+    raise ValueError(f'{path} is damaged ({why}); restore it from a copy, or pass '
+                     '--overwrite to run the whole sweep again')
+  return value
+
+
 def read_manifest(workdir: str | pathlib.Path) -> dict[str, Any]:
   """``sweep.json`` of ``workdir``; raises FileNotFoundError or ValueError saying why."""
   path = pathlib.Path(workdir) / MANIFEST
-  if not path.exists():
+  if not path.is_file():
     raise FileNotFoundError(f'{workdir} holds no sweep or experiment ({MANIFEST} is '
                             'missing); --summarize needs the directory of one')
+  manifest = _parse_manifest(path)  # pylint: disable=redefined-outer-name
   try:
-    return json.loads(path.read_text())
-  except json.JSONDecodeError as e:
-    raise ValueError(f'{path} is damaged: {e}') from None
+    Config.from_dict({**manifest['base'], 'workdir': str(workdir)})
+  except (ValueError, TypeError) as e:
+    raise ValueError(f'{path}: its base config is not one this version reads ({e})'
+                     ) from None
+  return manifest
 
 
 def group(members: list[Member], key: Callable[[Config], Any]) -> list[list[Member]]:
@@ -239,7 +305,12 @@ def run(members: list[Member], *, workdir: str | pathlib.Path,
   position = {m.name: i for i, m in enumerate(mine, 1)}
   todo = []
   for member in mine:
-    if done(member) and not overwrite:
+    damaged = '' if overwrite else unreadable_summary(member)
+    if damaged:  # Said, never silently: its run is done again, as if it never ended.
+      echo(f'[{position[member.name]}/{len(mine)}] {member.name}: {damaged}; running it '
+           'again')
+      todo.append(member)
+    elif done(member) and not overwrite:
       echo(f'[{position[member.name]}/{len(mine)}] {member.name}: finished earlier, skipped')
     else:  # Never ran, or was interrupted: (re)start it.
       todo.append(member)
@@ -248,9 +319,37 @@ def run(members: list[Member], *, workdir: str | pathlib.Path,
     where = ','.join(str(position[m.name]) for m in batch)
     if len(batch) == 1:
       echo(f'[{where}/{len(mine)}] {batch[0].name}')
-      run_member(batch[0], overwrite=True, resume=not overwrite)
+      with taken(batch):
+        run_member(batch[0], overwrite=True, resume=not overwrite)
     else:
       echo(f'[{where}/{len(mine)}] {len(batch)} members together: '
            + ', '.join(m.name for m in batch))
-      run_group(batch, overwrite=True, resume=not overwrite)
+      with taken(batch):
+        run_group(batch, overwrite=True, resume=not overwrite)
   return todo
+
+
+@contextlib.contextmanager
+def taken(members: list[Member]) -> Iterator[None]:
+  """The members' directories, taken (``rundir.claim``, by process 0) while they
+  run: a job running the same member is refused, while the shards of one sweep,
+  which run different members, share its directory."""
+  paths = [pathlib.Path(m.config.workdir) for m in members]
+
+  def claim_all():
+    claimed = []
+    try:
+      for path in paths:
+        claimed.append(rundir.claim(path))
+    except OSError:
+      for path in claimed:
+        rundir.release(path)
+      raise
+
+  runtime.on_main_process(claim_all)
+  try:
+    yield
+  finally:  # Local, no collective: a process that failed alone must not wait here.
+    if runtime.is_main_process():
+      for path in paths:
+        rundir.release(path)

@@ -439,7 +439,22 @@ def fit_group(configs: Sequence[Config], *, dataset: data_lib.Dataset | None = N
   from there (``metrics.jsonl`` cut back to it) with the same numbers as without the
   interruption; otherwise they start afresh, as with ``overwrite``. Nothing is
   written before the configs, the checkpoints to resume and the data are checked.
+  Each run directory is taken (``rundir.claim``) for the run's life and given back at
+  its end, however it ends.
   """
+  claimed = []
+  try:
+    return _fit_group(configs, dataset=dataset, overwrite=overwrite, resume=resume,
+                      echo=echo, claimed=claimed)
+  finally:
+    for workdir in claimed:
+      rundir.release(workdir)
+
+
+def _fit_group(configs: Sequence[Config], *, dataset: data_lib.Dataset | None,
+               overwrite: bool, resume: bool, echo: Callable[[str], Any],
+               claimed: list[pathlib.Path]) -> list[Fit]:
+  """:func:`fit_group`'s work; the run directories it takes are added to ``claimed``."""
   configs = _check_group(configs)
   config, vectorized = configs[0], len(configs) > 1
   start_time = time.time()
@@ -450,7 +465,7 @@ def fit_group(configs: Sequence[Config], *, dataset: data_lib.Dataset | None = N
   check_fits(config, dataset)
   steps_per_epoch = len(dataset.train_labels) // config.batch_size
   runs, starts = _start_runs(configs, dataset, start_step=start_step, found=found,
-                             overwrite=overwrite, echo=echo, mesh=mesh)
+                             overwrite=overwrite, echo=echo, mesh=mesh, claimed=claimed)
   graphs = starts[0].graphs
   # Runs with one data order (``data_seed``) share each batch: one perm, not one each.
   shared_order = vectorized and all(
@@ -590,8 +605,8 @@ def _check_group(configs: Sequence[Config]) -> list[Config]:
 
 def _start_runs(configs: Sequence[Config], dataset: data_lib.Dataset, *,
                 start_step: int, found: list, overwrite: bool,
-                echo: Callable[[str], Any], mesh) -> tuple[list[runlog.RunLog],
-                                                           list[Start]]:
+                echo: Callable[[str], Any], mesh, claimed: list[pathlib.Path]
+                ) -> tuple[list[runlog.RunLog], list[Start]]:
   """Each run's directory, initial state (restored from its checkpoint when
   resuming) and log; prints what is trained and from where."""
   vectorized = len(configs) > 1
@@ -599,6 +614,8 @@ def _start_runs(configs: Sequence[Config], dataset: data_lib.Dataset, *,
   runs, starts = [], []
   for i, c in enumerate(configs):
     workdir = _start_workdir(c, overwrite=overwrite, resume=bool(start_step))
+    if runtime.is_main_process():
+      claimed.append(workdir)
     start = initial_state(c, dataset)
     initial_loss = measure_initial_loss(start.graphs, start.state, dataset)
     run = runlog.RunLog(c, workdir, schedule=start.schedule,
@@ -646,11 +663,12 @@ def _start_runs(configs: Sequence[Config], dataset: data_lib.Dataset, *,
 
 def _start_workdir(config: Config, *, overwrite: bool, resume: bool = False
                    ) -> pathlib.Path:
-  """The run directory (kept as it is to ``resume``); in a multi-host run, only
-  process 0 writes the real one (the others write to a temporary directory, removed
-  at the end)."""
+  """The run directory, taken for this run (``rundir.claim``: refused if another
+  process holds it) before anything in it is read for changing; kept as it is to
+  ``resume``. In a multi-host run, only process 0 takes and writes the real one (the
+  others write to a temporary directory, removed at the end)."""
   if resume:
-    workdir = runtime.on_main_process(lambda: pathlib.Path(config.workdir))
+    workdir = runtime.on_main_process(lambda: rundir.claim(config.workdir))
   else:
     workdir = runtime.on_main_process(lambda: rundir.start(config, overwrite=overwrite))
   if workdir is None:

@@ -252,3 +252,41 @@ def test_heatmap_cells_say_what_they_hold():
                                    column='activation', panel_keys=[], fmt='{:.0%}')
   texts = sorted(t.get_text() for t in fig.axes[0].texts)
   assert texts == ['55%', '55%', '55%', 'diverged']
+
+
+def test_a_member_stopped_by_a_signal_is_resumed_not_skipped(tmp_path):
+  axes = sweep.parse_axes({'seed': ['0', '1']})
+  run_sweep(BASE, axes, workdir=tmp_path, run_member=fake_member([]), echo=print)
+  # SIGTERM: its checkpoint and a summary that says so (train.fit_group).
+  rundir.write_json(tmp_path / 'seed-1' / 'summary.json',
+                    {'status': 'interrupted', 'steps': 3})
+  members = sweep.expand(BASE, axes, workdir=tmp_path)
+  assert [sweep.is_finished(m) for m in members] == [True, False]
+  calls, resumes, lines = [], [], []
+  run_sweep(BASE, axes, workdir=tmp_path, run_member=fake_member(calls, resumes=resumes),
+            echo=lines.append)
+  assert [c.seed for c in calls] == [1] and resumes == [True]
+  assert lines == ['[1/2] seed-0: finished earlier, skipped', '[2/2] seed-1']
+
+
+def test_members_run_in_their_own_taken_directory_and_files_are_checked_first(tmp_path):
+  axes = sweep.parse_axes({'seed': ['0', '1']})
+  held = []
+
+  def run_member(member, **kwargs):
+    held.append(rundir.holds(member.config.workdir))
+    summary = fake_member([])(member, **kwargs)  # Claims it too (rundir.create), and
+    rundir.release(member.config.workdir)  # gives that back at its end, as a run does.
+    return summary
+
+  run_sweep(BASE, axes, workdir=tmp_path / 'a', run_member=run_member, echo=print)
+  assert held == [True, True]  # Taken while they ran, given back after.
+  assert not rundir.holds(tmp_path / 'a' / 'seed-0')
+  assert not rundir.holds(tmp_path / 'a')  # The sweep's own: shared by its shards.
+  (tmp_path / 'b').mkdir()
+  (tmp_path / 'b' / 'seed-1').write_text('not a folder')
+  members = sweep.expand(BASE, axes, workdir=tmp_path / 'b')
+  with pytest.raises(FileExistsError, match=r'b/seed-1, the folder of the member seed-1 '
+                     r'of --workdir=.*, is a file'):
+    sweep.check_manifest(tmp_path / 'b', sweep.manifest(BASE, members, axes=axes),
+                         overwrite=True)
