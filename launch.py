@@ -11,9 +11,16 @@ Examples:
 
 Every flag is a field of ``fundamentals.config.Config``, of an experiment's settings,
 or of ``runner.Options`` / ``runtime.Options``, declared once there (``config.knob``).
+
+Exit status (``cli.EXIT_*``, README "Exit status"): 0 completed; 1 crashed, or the
+disk refused a write (one line naming the file and errno); 2 a user error; 3 the run,
+or a member of a sweep of the train experiment, diverged; 4 stopped by SIGTERM or
+SIGINT with a checkpoint (the line says how to go on).
 """
 
 import logging
+import pathlib
+import sys
 
 from absl import app
 from absl import flags
@@ -67,14 +74,20 @@ def main(argv):
     logging.getLogger('jax._src.xla_bridge').setLevel(logging.WARNING)
     if not FLAGS['verbosity'].present:
       absl_logging.set_verbosity(absl_logging.WARNING)
+    if name == 'all' and axes:
+      raise ValueError(f'--experiment={name} takes single values; {sorted(axes)} have '
+                       'several')
     if name == 'all':
-      if axes:
-        raise ValueError(f'--experiment=all takes single values; {sorted(axes)} have several')
       work = library.plan_all(chosen, overrides, settings=settings, options=options)
     else:
       work = runner.plan(chosen[name], overrides, axes=axes, settings=settings.get(name),
                          options=options, experiments=experiments.EXPERIMENTS)
-  work()
+  sys.exit(cli.run_work(
+      work, program=pathlib.Path(argv[0]).name, shard=options.shard,
+      levels=0 if name == 'train' and not axes else 1 if name != 'all' else 2,
+      # Only the train experiment's runs exit 3: a lesson may diverge on purpose (its
+      # check says whether it showed what it should); --summarize runs nothing.
+      judged=name == 'train' and not options.summarize))
 
 
 if __name__ == '__main__':

@@ -15,6 +15,7 @@ compared with the one it recorded.
 
 import dataclasses
 import pathlib
+import types
 from typing import Any
 
 import numpy as np
@@ -65,6 +66,26 @@ def members(config, s: Settings) -> dict[str, dict]:
     raise ValueError('--images and --top_k apply to --experiment=predict; evaluate takes '
                      '--from, --model, --splits and the data flags')
   return {'evaluation': {}}
+
+
+def check_inputs(context: runner.Context):
+  """The data against the kept model, at planning (what :func:`measure` would
+  otherwise meet at work): the model's class names, images of its shape, and one of
+  ``--splits`` with examples."""
+  s = context.settings
+  meta = saved_model.read_meta(s.from_)
+  dataset = context.dataset
+  # label_map reads only the model's class names.
+  saved_model.label_map(types.SimpleNamespace(class_names=tuple(meta['class_names'])),
+                        dataset.class_names)
+  shape, theirs = tuple(meta['image_shape']), tuple(dataset.train_images.shape[1:])
+  if shape != theirs:
+    raise ValueError(f'{dataset.name} has images of shape {theirs}; the model of '
+                     f'--from={s.from_} takes {shape}'
+                     + (f' (--image_size={shape[0]})' if shape[0] == shape[1] else ''))
+  if not any(len(train.split_of(dataset, split)[1]) for split in s.splits):
+    raise ValueError(f'{dataset.name} has none of the splits --splits='
+                     f'{",".join(s.splits)}')
 
 
 def measure(context: runner.Context, member) -> dict[str, Any]:
@@ -166,4 +187,4 @@ EXPERIMENT = runner.Experiment(
     description='Evaluates a run\'s kept model (--from=runs/X) on its data or any other '
                 '(--dataset/--data_dir): loss, accuracy, confusion matrix.',
     members=members, settings=Settings, measure=measure, summarize=summarize,
-    inherits=inherits, needs_data=False)
+    inherits=inherits, needs_data=False, check_inputs=check_inputs)

@@ -69,14 +69,19 @@ def read_images(files: list[pathlib.Path], image_size: int
   return np.stack(images), kept
 
 
+def check_inputs(context: runner.Context):
+  """At planning: the kept model takes square images, the size predict resizes to."""
+  height, width, _ = saved_model.read_meta(context.settings.from_)['image_shape']
+  if height != width:
+    raise ValueError(f'the model of --from={context.settings.from_} takes {height}x{width} '
+                     'images; predict resizes to squares only')
+
+
 def measure(context: runner.Context, member) -> dict[str, Any]:
   del member
   s = context.settings
   loaded = saved_model.load(s.from_, s.model)
-  height, width, _ = loaded.image_shape
-  if height != width:
-    raise ValueError(f'the model takes {height}x{width} images; predict resizes to '
-                     'squares only')
+  height, _, _ = loaded.image_shape
   root = pathlib.Path(s.images)
   images, files = read_images(image_files(root), height)
   probabilities = saved_model.softmax(saved_model.logits(loaded, images))
@@ -146,4 +151,4 @@ EXPERIMENT = runner.Experiment(
     description='Classifies the images of a folder (--images=DIR) with a run\'s kept '
                 'model (--from=runs/X): predictions.csv and a figure.',
     members=members, settings=evaluate.Settings, measure=measure, summarize=summarize,
-    needs_data=False)
+    needs_data=False, check_inputs=check_inputs)

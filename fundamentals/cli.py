@@ -11,12 +11,16 @@ line on stderr and exit status 2 (:func:`parse_flags`, :func:`user_errors`).
 
 import contextlib
 import dataclasses
+import errno
+import pathlib
+import shlex
 import sys
 from typing import Any, Iterator
 
 from absl import flags
 
 from fundamentals import config as config_lib
+from fundamentals import train
 
 FLAGS = flags.FLAGS
 
@@ -81,11 +85,25 @@ def values(cls, *, prefix: str = '', flag_values: flags.FlagValues = FLAGS
       continue
     texts = flag.value if isinstance(flag.value, list) else [flag.value]
     parsed = (config_lib.parse_values(field, texts) if isinstance(flag.value, list)
-              else [config_lib.parse_value(field, texts[0])])
+              else [_parse_one(field, texts[0], prefix=prefix, cls=cls)])
     explicit[field.name] = parsed[0]
     if len(parsed) > 1:
       axes[field.name] = parsed
   return explicit, axes
+
+
+def _parse_one(field: dataclasses.Field, text: str, *, prefix: str, cls) -> Any:
+  """A single-valued flag's value; a list given to it is named as such (a sweep of a
+  field that cannot be swept), not as a value of the wrong kind."""
+  try:
+    return config_lib.parse_value(field, text)
+  except ValueError:
+    if ',' not in text:
+      raise
+    sweepable = (f'; sweepable: {config_lib.sweepable_fields()}'
+                 if cls is config_lib.Config else '')
+    raise ValueError(f'--{flag_name(field, prefix)}={text}: {field.name!r} takes one value '
+                     f'(it cannot be swept){sweepable}') from None
 
 
 def given(cls, *, prefix: str = '', flag_values: flags.FlagValues = FLAGS) -> list[str]:
@@ -126,7 +144,110 @@ def user_errors(program: str) -> Iterator[None]:
     _exit(program, e)
 
 
+def one_line(error: Exception) -> str:
+  """The error's message as one line (a library's message may span several: its
+  lines are joined), or its type's name when it has none."""
+  return ' '.join(line.strip() for line in str(error).splitlines() if line.strip()
+                  ) or type(error).__name__
+
+
 def _exit(program: str, error: Exception):
-  message = str(error).strip() or type(error).__name__
-  print(f'{program.rsplit("/", 1)[-1]}: error: {message}', file=sys.stderr)
+  print(f'{program.rsplit("/", 1)[-1]}: error: {one_line(error)}', file=sys.stderr)
   sys.exit(EXIT_USAGE)
+
+
+def run_work(work, *, program: str, levels: int, judged: bool,
+             shard: tuple[int, int], root: str | None = None) -> int:
+  """Runs the planned ``work``; returns launch.py's exit status (``EXIT_*``), its line
+  said. ``levels``, ``root``: where the --workdir is (:func:`go_on_command`);
+  ``judged``: whether a divergence exits 3, counted over this ``shard``'s members."""
+  try:
+    with train.stop_on_signals(), errors_during_work(program):
+      result = work()
+  except train.Stopped as stopped:  # Its checkpoint and summary are written.
+    print(f'{program}: {stopped}; go on with: {go_on_command(stopped, levels=levels, root=root)}',
+          file=sys.stderr)
+    return EXIT_INTERRUPTED
+  if train.stop_requested():
+    print(f'{program}: {train.stop_requested()} came as the last run was ending; it '
+          'finished', file=sys.stderr)
+  k, n = shard  # This job's members (sweep.shard): the ones it answers for.
+  mine = result['members'][k::n] if judged and 'members' in result else None
+  diverged = diverged_runs(result, mine) if judged else []
+  if not diverged:
+    return EXIT_COMPLETED
+  print(f'{program}: ' + (
+      f'{len(diverged)} of {len(mine)} runs diverged: {", ".join(diverged)}'
+      if mine is not None else
+      f'the run diverged at step {result["diverged_at_step"]} (a loss that is not '
+      f'finite): {result["workdir"]}/summary.json'), file=sys.stderr)
+  return EXIT_DIVERGED
+
+
+def diverged_runs(summary: dict[str, Any], members: list[dict[str, Any]] | None
+                  ) -> list[str]:
+  """The runs that diverged: of ``members`` (a sweep's, as ``runner.execute`` returns
+  them), their names; else of the single run's ``summary``, its directory."""
+  if members is not None:
+    return [m['name'] for m in members if m['status'] == 'diverged']
+  return [summary['workdir']] if summary.get('status') == 'diverged' else []
+
+
+def go_on_command(stopped: train.Stopped, *, levels: int, root: str | None = None) -> str:
+  """The command that goes on after ``stopped``: this one without --overwrite (which
+  would start afresh), with the --workdir it wrote to (``root``, or ``levels`` above
+  the stopped run's: 0 a single run, 1 a sweep or experiment, 2 ``--experiment=all``)
+  and, for a single run, --resume (a sweep resumes by running again)."""
+  args = [a for a in sys.argv[1:]
+          if a.split('=')[0] not in ('--overwrite', '--nooverwrite')]
+  if not FLAGS['workdir'].present:
+    workdir = pathlib.Path(stopped.workdirs[0])
+    args.append(f'--workdir={root or (workdir.parents[levels - 1] if levels else workdir)}')
+  if not levels and not FLAGS['resume'].value:
+    args.append('--resume')
+  return shlex.join(['python', sys.argv[0], *args])
+
+
+@contextlib.contextmanager
+def errors_during_work(program: str) -> Iterator[None]:
+  """One line for what goes wrong after planning, and no traceback: a user error
+  met only then (a directory another process took meanwhile, a damaged file the
+  library names: FileExistsError, FileNotFoundError, a ValueError raised by
+  fundamentals or experiments) exits 2 as before any work; a disk that refuses
+  (any other OSError: full, read-only, no permission) exits 1 naming the file and
+  the errno. Anything else is a crash: its traceback, exit 1."""
+  try:
+    yield
+  except (FileExistsError, FileNotFoundError) as e:
+    _fail(program, e, EXIT_USAGE)
+  except ValueError as e:
+    if not _raised_by_the_library(e):
+      raise
+    _fail(program, e, EXIT_USAGE)
+  except OSError as e:
+    _fail(program, e, EXIT_CRASHED)
+
+
+def _fail(program: str, error: Exception, status: int):
+  """One line on stderr (an OSError's file, reason and errno name), then exit."""
+  if isinstance(error, OSError) and error.errno and error.filename:
+    message = (f'{error.filename}: {error.strerror} '
+               f'({errno.errorcode.get(error.errno, error.errno)})')
+  else:
+    message = one_line(error)
+  print(f'{program}: error: {message}', file=sys.stderr)
+  sys.exit(status)
+
+
+_LIBRARY = (str(pathlib.Path(__file__).resolve().parent),  # fundamentals/ and experiments/.
+            str(pathlib.Path(__file__).resolve().parent.parent / 'experiments'))
+
+
+def _raised_by_the_library(error: BaseException) -> bool:
+  """Whether the innermost frame of ``error``'s traceback is in fundamentals/ or
+  experiments/: a message written for a user, not a failure deep in JAX."""
+  tb = error.__traceback__
+  while tb is not None and tb.tb_next is not None:
+    tb = tb.tb_next
+  return tb is not None and str(pathlib.Path(tb.tb_frame.f_code.co_filename).resolve()
+                                ).startswith(tuple(root + '/' for root in _LIBRARY))

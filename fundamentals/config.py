@@ -206,6 +206,10 @@ class Config(Knobs):
   checkpoint_every: int = knob(
       500, 'Steps between checkpoints of the training state (orbax, removed once the '
       'run finishes); 0: none.', group='run')
+  keep_checkpoints: int = knob(
+      2, 'How many of the newest checkpoints a run keeps while training: one that '
+      'fails to verify on --resume (damaged, truncated) falls back to the one before.',
+      group='run')
   seed: int = knob(0, 'Random seed (init, shuffling, augmentation).', group='run',
                    sweep=True, per_run=True)
   data_seed: int = knob(
@@ -267,6 +271,9 @@ def validate(config: Config):
   if config.checkpoint_every < 0:
     raise ValueError(f'checkpoint_every={config.checkpoint_every} must be >= 0 '
                      '(0: no checkpoints)')
+  if config.keep_checkpoints < 1:
+    raise ValueError(f'keep_checkpoints={config.keep_checkpoints} must be >= 1 (the '
+                     'newest checkpoints a run keeps)')
   if config.diagnostics_every < 0:
     raise ValueError(f'diagnostics_every={config.diagnostics_every} must be >= 0 '
                      '(0 turns diagnostics off)')

@@ -10,9 +10,11 @@ beside the prepared data so later runs skip decoding. Images stay uint8 in memor
 batches are gathered and normalized on device by :func:`normalize`.
 """
 
+import contextlib
 import dataclasses
 import importlib
 import json
+import logging as py_logging
 import os
 import pathlib
 import tempfile
@@ -155,22 +157,74 @@ def _reads_without_tensorflow(builder) -> bool:
               & file_adapters.FileFormat.with_random_access())
 
 
+VALID_DATASETS = (
+    f'valid: {BUILTIN}, {BUILTIN}/small (built in, prepared offline on first use), '
+    f'{IMAGE_FOLDER} with --data_dir=FOLDER (FOLDER/train/<class>/<images> and '
+    'FOLDER/test/<class>/<images>), or a TFDS catalog dataset prepared where there is '
+    'network with `tfds build NAME --data_dir=DIR --file_format=array_record` and read '
+    'with --data_dir=DIR (or $TFDS_DATA_DIR)')
+
+
+@contextlib.contextmanager
+def _quiet_tfds():
+  """TFDS's warnings while it looks a name up (e.g. "Variant folder … has no
+  dataset_info.json" for one never prepared) are kept from the user, whose one line
+  is the error that follows, if any."""
+  absl_logger = py_logging.getLogger('absl')
+  level = absl_logger.level
+  absl_logger.setLevel(py_logging.ERROR)
+  try:
+    yield
+  finally:
+    absl_logger.setLevel(level)
+
+
+def _configs(name: str) -> list[str]:
+  """The config names of the TFDS builder ``name`` (none if it has none or is unknown)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  try:
+    return [c.name for c in tfds.builder_cls(name).BUILDER_CONFIGS]
+  except (ValueError, AttributeError):
+    return []
+
+
 def _builder(name: str, data_dir):
+  """The TFDS builder of ``name``; raises a one-line ValueError for a name TFDS does
+  not know, cannot parse, or cannot open offline (a version or config it has not, a
+  community namespace), saying what would be valid (:data:`VALID_DATASETS`)."""
+  namespace, colon, rest = name.split('/')[0].partition(':')
+  if colon and not rest[:1].isdigit() and not rest.startswith('*'):  # Not a version.
+    raise ValueError(f'Unknown dataset {name!r}: {namespace}: names a TFDS community '
+                     'namespace, whose datasets TFDS looks up over the network, which '
+                     f'this project never does; {VALID_DATASETS}')
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   if name.split('/')[0] == BUILTIN:
     from fundamentals import synthetic_fruits  # pylint: disable=unused-import,g-import-not-at-top
   try:
-    return tfds.builder(name, data_dir=data_dir)
-  except tfds.core.registered.DatasetNotFoundError as e:
-    raise ValueError(
-        f'Unknown dataset {name!r} ({str(e).splitlines()[0]}); valid: {BUILTIN}, '
-        f'{BUILTIN}/small, {IMAGE_FOLDER} (with --data_dir=FOLDER holding train/ and '
-        'test/), or a TFDS catalog dataset prepared under --data_dir') from None
+    with _quiet_tfds():
+      return tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise ValueError(f'Unknown dataset {name!r}: neither built in nor in the TFDS catalog; '
+                     f'{VALID_DATASETS}') from None
+  except (ValueError, AssertionError, ImportError) as e:  # TFDS's errors for a bad name.
+    base, _, config = name.partition('/')
+    if config and 'BuilderConfig' in str(e):
+      configs = _configs(base)
+      raise ValueError(f'Unknown dataset {name!r}: {base} has no config '
+                       f'{config.split(":")[0]!r}; valid: '
+                       + (', '.join(f'{base}/{c}' for c in configs) if configs
+                          else f'{base} (it has no configs)')) from None
+    why = next((line.strip() for line in str(e).splitlines() if line.strip()),
+               type(e).__name__)
+    raise ValueError(f'Unknown dataset {name!r}: TFDS cannot open it offline ({why}); '
+                     f'{VALID_DATASETS}') from None
 
 
 def _prepare(builder, name: str):
   """Prepares the built-in dataset offline; refuses to download anything else."""
-  if builder.is_prepared():
+  with _quiet_tfds():
+    prepared = builder.is_prepared()
+  if prepared:
     return
   if name.split('/')[0] != BUILTIN:
     raise FileNotFoundError(
@@ -227,18 +281,47 @@ def _decode_with_tensorflow(builder) -> dict[str, np.ndarray]:
   return arrays
 
 
-def _save_atomically(path: pathlib.Path, arrays: dict[str, np.ndarray]):
-  with tempfile.NamedTemporaryFile(dir=path.parent, suffix='.npz', delete=False) as f:
-    np.savez(f, **arrays)
-  os.replace(f.name, path)
+def save_cache(path: pathlib.Path, arrays: dict[str, np.ndarray]) -> bool:
+  """Writes decoded arrays atomically to the ``.npz`` ``path``; returns whether it
+  could. A cache is an optimization: where it cannot be written (a read-only or full
+  data directory) the run goes on with one warning, and decodes again next time."""
+  temporary = None
+  try:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix='.npz', delete=False) as f:
+      temporary = f.name
+      np.savez(f, **arrays)
+    os.replace(temporary, path)
+  except OSError as e:
+    if temporary:
+      with contextlib.suppress(OSError):
+        os.unlink(temporary)
+    logging.warning('cannot cache the decoded arrays in %s (%s); going on without',
+                    path.parent, e.strerror or e)
+    return False
+  return True
+
+
+def read_cache(path: pathlib.Path) -> dict[str, np.ndarray] | None:
+  """The arrays cached at ``path``; None when there are none, or (with a warning) when
+  the file cannot be read: they are decoded again."""
+  if not path.exists():
+    return None
+  try:
+    return _read_npz(path)
+  except (OSError, ValueError, zipfile.BadZipFile) as e:
+    logging.warning('cannot read the cached arrays %s (%s); decoding again', path, e)
+    return None
 
 
 def split_validation(images: np.ndarray, labels: np.ndarray, fraction: float, *,
-                     seed: int = 0):
+                     seed: int = 0, class_names: tuple[str, ...] = ()):
   """Carves a stratified validation split: ``round(fraction·n_c)`` of each class c.
 
   Deterministic for a given ``seed`` (independent of the training seed), so model
   selection on validation never looks at test. Returns (train, validation) pairs.
+  Raises ValueError naming the first class (by ``class_names``, if given) that it
+  would leave without a training example.
   """
   if not 0 <= fraction < 1:
     raise ValueError(f'validation_fraction={fraction} must be in [0, 1)')
@@ -248,8 +331,11 @@ def split_validation(images: np.ndarray, labels: np.ndarray, fraction: float, *,
     members = np.flatnonzero(labels == label)
     count = int(round(fraction * len(members)))
     if count >= len(members):
-      raise ValueError(f'validation_fraction={fraction} leaves no training example '
-                       f'of class {label}')
+      name = f' ({class_names[label]})' if 0 <= label < len(class_names) else ''
+      raise ValueError(f'--validation_fraction={fraction} leaves no training example of '
+                       f'class {label}{name}: it would hold out round({fraction}·'
+                       f'{len(members)}) = {count} of its {len(members)}; use a smaller '
+                       'fraction')
     held_out.extend(rng.permutation(members)[:count])
   mask = np.zeros(len(labels), bool)
   mask[np.asarray(held_out, int)] = True
@@ -307,12 +393,12 @@ def _load_tfds(name: str, data_dir: str | None):
   builder = _builder(name, data_dir)
   _prepare(builder, name)
   cache = pathlib.Path(builder.data_dir) / _CACHE_NAME
-  if cache.exists():
-    arrays = _read_npz(cache)
-  else:
-    arrays = _decode(builder)
-    _save_atomically(cache, arrays)
   class_names = tuple(builder.info.features['label'].names)
+  arrays = read_cache(cache)
+  if arrays is None:
+    arrays = _decode(builder)
+    if not save_cache(cache, arrays):
+      return class_names, arrays
   _locate(name, data_dir, cache, class_names)
   return class_names, arrays
 
@@ -347,12 +433,30 @@ def load(name: str = BUILTIN, *, data_dir: str | None = None,
   if arrays['train_images'].ndim != 4:
     raise ValueError(f'{name} images have shape {arrays["train_images"].shape[1:]}; '
                      'expected [height, width, channels]')
+  check_classes(name, class_names, arrays)
   if 'validation_images' not in arrays and validation_fraction > 0:
     (arrays['train_images'], arrays['train_labels']), (
         arrays['validation_images'], arrays['validation_labels']) = split_validation(
-            arrays['train_images'], arrays['train_labels'], validation_fraction)
+            arrays['train_images'], arrays['train_labels'], validation_fraction,
+            class_names=class_names)
   mean, std = channel_stats(arrays['train_images'])
   return Dataset(name=name, class_names=class_names, mean=mean, std=std, **arrays)
+
+
+def check_classes(name: str, class_names: tuple[str, ...], arrays: dict[str, np.ndarray]):
+  """Raises ValueError unless there are two or more classes (a classifier of one
+  has nothing to learn: its loss is 0 from the start) and every label of every
+  split names one of them."""
+  if len(class_names) < 2:
+    noun = 'class' if len(class_names) == 1 else 'classes'
+    raise ValueError(f'{name} has {len(class_names)} {noun} ({", ".join(class_names) or "none"})'
+                     '; a classifier needs two or more')
+  for key in sorted(arrays):
+    if key.endswith('_labels') and len(arrays[key]) and not (
+        0 <= arrays[key].min() and arrays[key].max() < len(class_names)):
+      raise ValueError(f'{name}: its {key.removesuffix("_labels")} labels span '
+                       f'[{arrays[key].min()}, {arrays[key].max()}], but it names '
+                       f'{len(class_names)} classes')
 
 
 def load_configured(config) -> Dataset:

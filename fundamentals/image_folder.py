@@ -2,31 +2,36 @@
 
 Every file is checked and decoded with Pillow, converted to RGB (grayscale expanded,
 alpha composited onto white, palettes resolved) and resized to ``image_size`` when its
-size differs. Files that are not images, or are corrupt, are skipped with a warning that
-names them and counts them; structural problems (missing folder, empty class folder,
-class lists that differ between splits) raise an error naming the offending path.
+size differs. Files whose names are not those of images (``notes.txt``) are skipped
+with one warning that names and counts them. A file named as an image that Pillow
+cannot decode (corrupt, truncated, or another format) is refused, naming the first few
+and their count: a course's dataset should not silently lack images, and which ones
+are wrong is for the person who made the folder to decide. Structural problems
+(missing folder, a file instead of one, no or a single class folder, an empty class
+folder, a class with no readable image, class lists that differ between splits) raise
+an error naming the offending path.
 
 Why not ``tfds.folder_dataset.ImageFolder``: it decodes with TensorFlow at read time, so
 one corrupt file fails deep inside a TF stack trace, and it cannot convert modes or
 resize mixed sizes. The decoded arrays are cached (uint8 ``.npz``, keyed by the paths,
 sizes and modification times of the files and by ``image_size``), so a second run does
-not decode again.
+not decode again; a cache that cannot be written or read is only a warning.
 """
 
 import hashlib
 import os
 import pathlib
-import tempfile
 
 from absl import logging
 import numpy as np
 from PIL import Image
 
+from fundamentals import data
 from fundamentals import rundir
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp', '.tif', '.tiff')
 SPLITS = ('train', 'validation', 'test')
-_MAX_NAMED = 5  # Files named in one warning; the rest are counted.
+_MAX_NAMED = 5  # Files named in one message; the rest are counted.
 
 
 class ImageFolderError(ValueError):
@@ -37,25 +42,49 @@ def _class_dirs(split_dir: pathlib.Path) -> list[pathlib.Path]:
   return sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith('.'))
 
 
+def _some(names: list[str], count: int = _MAX_NAMED) -> str:
+  """``a, b, c`` or ``a, b, c and 4 more``."""
+  more = f' and {len(names) - count} more' if len(names) > count else ''
+  return ', '.join(names[:count]) + more
+
+
+def _check_root(root: pathlib.Path):
+  layout = f'expected {root}/train/<class>/<images> and {root}/test/<class>/<images>'
+  if not root.exists():
+    raise ImageFolderError(f'--data_dir={root}: the image folder does not exist; {layout}')
+  if not root.is_dir():
+    raise ImageFolderError(f'--data_dir={root} is a file, not an image folder; {layout}')
+  for required in ('train', 'test'):
+    if not (root / required).is_dir():
+      held = sorted(p.name + ('/' if p.is_dir() else '') for p in root.iterdir()
+                    if not p.name.startswith('.'))
+      raise ImageFolderError(
+          f'--data_dir={root} has no {required}/ folder; {layout} (it holds '
+          + (_some(held) if held else 'nothing') + ')')
+
+
 def scan(root: str | os.PathLike) -> tuple[tuple[str, ...], dict[str, list[tuple[pathlib.Path, int]]]]:
   """Returns the sorted class names and, per split present, its (file, label) pairs.
 
   Raises:
-    ImageFolderError: naming the missing folder, empty class folder, or the classes
+    ImageFolderError: naming the missing folder (or the file in its place), a train
+      split of fewer than two class folders, an empty class folder, or the classes
       that differ between splits.
   """
   root = pathlib.Path(root)
-  if not root.is_dir():
-    raise ImageFolderError(
-        f'image folder {str(root)!r} does not exist; expected {root}/train/<class>/*.png '
-        f'and {root}/test/<class>/*.png')
-  for required in ('train', 'test'):
-    if not (root / required).is_dir():
-      raise ImageFolderError(f'{root} has no {required}/ folder; expected '
-                             f'{root}/{required}/<class>/<images>')
+  _check_root(root)
   classes = tuple(p.name for p in _class_dirs(root / 'train'))
   if not classes:
-    raise ImageFolderError(f'{root / "train"} has no class folders')
+    loose = [p.name for p in sorted((root / 'train').iterdir()) if p.is_file()]
+    raise ImageFolderError(
+        f'{root / "train"} has no class folders; expected one folder of images per '
+        f'class, {root}/train/<class>/<images>'
+        + (f' (it holds {len(loose)} file{"s" * (len(loose) != 1)} directly, e.g. '
+           f'{_some(loose, 3)})'
+           if loose else ''))
+  if len(classes) < 2:
+    raise ImageFolderError(f'{root / "train"} has one class folder ({classes[0]}); a '
+                           'classifier needs two or more')
   files = {}
   for split in SPLITS:
     split_dir = root / split
@@ -103,13 +132,18 @@ def decode(path: pathlib.Path, image_size: int) -> tuple[np.ndarray, bool]:
 
 def _warn(what: str, paths: list[pathlib.Path]):
   if paths:
-    named = ', '.join(str(p) for p in paths[:_MAX_NAMED])
-    more = f' and {len(paths) - _MAX_NAMED} more' if len(paths) > _MAX_NAMED else ''
-    logging.warning('%d %s: %s%s', len(paths), what, named, more)
+    logging.warning('%d %s: %s', len(paths), what, _some([str(p) for p in paths]))
 
 
-def read_split(pairs: list[tuple[pathlib.Path, int]], image_size: int):
-  """Decodes a split; skips non-images and corrupt files with one warning each kind."""
+def read_split(pairs: list[tuple[pathlib.Path, int]], image_size: int, *,
+               classes: tuple[str, ...] = ()):
+  """Decodes a split (module docstring): skips files not named as images, with one
+  warning; refuses a class with no readable image, then any corrupt image.
+
+  Raises:
+    ImageFolderError: naming the class folder left without an image, or the first
+      few files that cannot be decoded and how many there are.
+  """
   images, labels, not_images, corrupt, resized = [], [], [], [], []
   for path, label in pairs:
     if path.suffix.lower() not in IMAGE_SUFFIXES:
@@ -117,26 +151,43 @@ def read_split(pairs: list[tuple[pathlib.Path, int]], image_size: int):
       continue
     try:
       array, was_resized = decode(path, image_size)
-    except (OSError, ValueError, SyntaxError) as e:  # Pillow's errors for bad files.
-      logging.debug('cannot decode %s: %s', path, e)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+      logging.debug('cannot decode %s: %s', path, e)  # Pillow's errors for bad files.
       corrupt.append(path)
       continue
     images.append(array)
     labels.append(label)
     if was_resized:
       resized.append(path)
-  _warn('files skipped (not an image by extension)', not_images)
-  _warn('files skipped (corrupt or unreadable images)', corrupt)
+  without = sorted({label for _, label in pairs} - set(labels))
+  if without:  # Every file of the class is corrupt or no image: name the class.
+    files = [p for p, label in pairs if label == without[0]]
+    bad = len(set(files) & set(corrupt))
+    raise ImageFolderError(
+        f'class {classes[without[0]] if classes else without[0]} has no readable image '
+        f'in {files[0].parent}: of its {len(files)} files, {bad} cannot be decoded and '
+        f'{len(files) - bad} are not named as images ({", ".join(IMAGE_SUFFIXES)}), '
+        f'e.g. {_some([p.name for p in files], 3)}')
+  if corrupt:
+    raise ImageFolderError(
+        f'{len(corrupt)} of {len(pairs) - len(not_images)} image files cannot be decoded '
+        f'(corrupt, truncated or not the format their name says): '
+        f'{_some([str(p) for p in corrupt])}; fix or remove them (a dataset silently '
+        'missing images would skew what it teaches)')
+  _warn('files skipped (not named as images: '
+        f'{", ".join(IMAGE_SUFFIXES)})', not_images)
   if resized:
     logging.info('%d images resized to %dx%d', len(resized), image_size, image_size)
-  if not images:
-    raise ImageFolderError(
-        f'no readable images among {len(pairs)} files, e.g. {pairs[0][0]}')
   return np.stack(images), np.asarray(labels, np.int32)
 
 
+# Part of the cache key: caches written under other rules (before corrupt images were
+# refused, when they were skipped) are not read.
+_CACHE_VERSION = 2
+
+
 def _fingerprint(files, image_size: int) -> str:
-  digest = hashlib.sha256(str(image_size).encode())
+  digest = hashlib.sha256(f'v{_CACHE_VERSION}|{image_size}'.encode())
   for split, pairs in sorted(files.items()):
     for path, label in pairs:
       stat = path.stat()
@@ -156,14 +207,12 @@ def load(root: str | os.PathLike, *, image_size: int = 64,
   classes, files = scan(root)
   cache_dir = pathlib.Path(cache_dir) if cache_dir else rundir.default_cache_dir()
   cache = cache_dir / 'image_folder' / f'{_fingerprint(files, image_size)}.npz'
-  if cache.exists():
-    with np.load(cache) as f:
-      return classes, {k: f[k] for k in f.files}
+  cached = data.read_cache(cache)
+  if cached is not None:
+    return classes, cached
   arrays = {}
   for split, pairs in files.items():
-    arrays[f'{split}_images'], arrays[f'{split}_labels'] = read_split(pairs, image_size)
-  cache.parent.mkdir(parents=True, exist_ok=True)
-  with tempfile.NamedTemporaryFile(dir=cache.parent, suffix='.npz', delete=False) as f:
-    np.savez(f, **arrays)
-  os.replace(f.name, cache)
+    arrays[f'{split}_images'], arrays[f'{split}_labels'] = read_split(
+        pairs, image_size, classes=classes)
+  data.save_cache(cache, arrays)
   return classes, arrays

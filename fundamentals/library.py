@@ -36,8 +36,7 @@ def plan_all(library: dict[str, runner.Experiment], overrides: dict[str, Any], *
     raise ValueError('--experiment=all resumes by re-running the same command with the '
                      'same --workdir; --summarize and --resume apply to one experiment')
   root = pathlib.Path(overrides.get('workdir') or rundir.default_path('all'))
-  if root.exists() and not root.is_dir():
-    raise FileExistsError(f'--workdir={root} exists and is not a directory')
+  check_root(root)
   works = {}
   for name, experiment in library.items():
     works[name] = runner.plan(
@@ -60,6 +59,22 @@ def plan_all(library: dict[str, runner.Experiment], overrides: dict[str, Any], *
     return index
 
   return work
+
+
+def check_root(root: pathlib.Path):
+  """Raises FileExistsError unless ``root`` may hold the library: it is no file, and
+  holds no run or sweep of its own (the library's are one folder per experiment), or
+  NotADirectoryError / PermissionError when it cannot be written
+  (``rundir.check_writable``). Writes nothing."""
+  if root.exists() and not root.is_dir():
+    raise FileExistsError(f'--workdir={root} exists and is not a directory')
+  for name, what in (('config.json', 'a run'),
+                     (rundir.SWEEP_MANIFEST, 'a sweep or experiment')):
+    if (root / name).exists():
+      raise FileExistsError(f'--workdir={root} holds {what} ({name}); --experiment=all '
+                            'writes one folder per experiment and an index: choose another '
+                            '--workdir')
+  rundir.check_writable(root)
 
 
 def index_row(name: str, content: dict[str, Any], *, seconds: float) -> dict[str, Any]:

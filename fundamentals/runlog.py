@@ -15,6 +15,7 @@ import shutil
 import time
 from typing import Any, Callable, Sequence
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -57,6 +58,8 @@ class RunLog:
     # Now, for a run interrupted before its summary too (which repeats it).
     rundir.write_json(workdir / 'environment.json', runtime.environment())
     if resume_step:  # TensorBoard drops the killed run's events after the checkpoint.
+      # A summary.json here is an interrupted run's (checkpoints.resumable): no longer true.
+      (workdir / 'summary.json').unlink(missing_ok=True)
       self.writer = tensorboard_events.create_writer(workdir, purge_step=resume_step + 1)
       return
     if overwrite:  # Outputs a new run might not rewrite (e.g. without diagnostics).
@@ -147,12 +150,29 @@ class RunLog:
     report_findings(self.echo, 'doctor at init', findings)
     tensorboard_events.write_findings(self.writer, 'init', findings, step=0)
 
-  def draw(self, classified: dict[str, tuple] | None = None
-           ) -> tuple[dict[str, Any], dict[str, str]]:
-    """Writes diagnostics.json and the figures; returns ``(diagnostics scalars per
-    phase, {figure file: caption})``. ``classified``: per held-out split, its
-    ``(images, labels, logits)`` by the final model, for the confusion matrix and
-    the misclassified examples (whose per-class accuracies the summary keeps)."""
+  def classify(self, classified: dict[str, tuple] | None) -> dict[str, tuple]:
+    """Per held-out split of ``classified`` (its ``(images, labels, logits)`` by the
+    final model), the predictions and confusion matrix; keeps each class's accuracy
+    for the summary (``per_class_accuracy``). Returns ``{split: (images, labels,
+    logits, predictions, confusion)}`` for :meth:`draw`."""
+    self.per_class_accuracy, confusions = {}, {}
+    for split, (images, labels, logits) in (classified or {}).items():
+      class_names = self.model_meta['class_names']
+      predictions = np.argmax(logits, -1)
+      confusion = losses.confusion_matrix(labels, predictions, len(class_names))
+      confusions[split] = (images, labels, logits, predictions, confusion)
+      self.per_class_accuracy[split] = dict(zip(
+          class_names, losses.per_class_accuracy(confusion).tolist()))
+    return confusions
+
+  def diagnostics_scalars(self) -> dict[str, Any]:
+    """The diagnostics scalars per phase ('init', 'end') measured or restored."""
+    return {phase: scalars for phase, (_, scalars, _) in self.snapshots.items()}
+
+  def draw(self, confusions: dict[str, tuple] | None = None) -> dict[str, str]:
+    """Writes diagnostics.json and the figures; returns ``{figure file: caption}``.
+    ``confusions``: :meth:`classify`'s, for the confusion matrices and the
+    misclassified examples."""
     measured = {phase: {'step': step, 'scalars': scalars,
                         'histograms': (self.init_histograms if phase == 'init' and
                                        self.init_histograms is not None
@@ -174,39 +194,63 @@ class RunLog:
         activation=self.config.activation,
         unit_health=diagnostics.unit_health(self.config.activation),
         activation_series=activation_series, **self.initial)
-    self.per_class_accuracy = {}
-    for split, (images, labels, logits) in (classified or {}).items():
-      predictions = np.argmax(logits, -1)
-      class_names = self.model_meta['class_names']
-      confusion = losses.confusion_matrix(labels, predictions, len(class_names))
+    for split, (images, labels, logits, predictions, confusion) in (
+        confusions or {}).items():
       figures.update(plots.save_classification_figures(
           self.workdir, split=split, images=images, labels=labels,
           predictions=predictions, probabilities=saved_model.softmax(logits).max(-1),
-          class_names=class_names, confusion=confusion))
-      self.per_class_accuracy[split] = dict(zip(
-          class_names, losses.per_class_accuracy(confusion).tolist()))
-    return {phase: m['scalars'] for phase, m in measured.items()}, figures
+          class_names=self.model_meta['class_names'], confusion=confusion))
+    return figures
 
-  def write_outputs(self, summary: dict[str, Any], *,
-                    drawn: tuple[dict[str, Any], dict[str, str]], start_time: float):
-    """The doctor's findings, summary.json and report.md; closes the event file."""
-    scalars, figures = drawn
-    findings = doctor.examine(doctor.Run(self.config, summary, self.records, scalars))
+  def write_summary(self, summary: dict[str, Any], *, start_time: float):
+    """The doctor's findings into ``summary``, then summary.json: the results, written
+    before anything optional (figures, report), so that a full disk loses none."""
+    findings = doctor.examine(doctor.Run(self.config, summary, self.records,
+                                         self.diagnostics_scalars()))
     report_findings(self.echo, 'doctor', findings)
     summary['findings'] = findings
     summary['wall_time_s'] = time.time() - start_time
     rundir.write_json(self.workdir / 'summary.json', summary)
-    report.write(self.workdir / 'report.md', config=self.config, summary=summary,
-                 findings=findings, figures=figures, diagnostics=scalars)
-    tensorboard_events.write_findings(self.writer, 'end', findings, step=summary['steps'])
-    tensorboard_events.write_figures(self.writer, self.workdir, figures, step=summary['steps'])
-    tensorboard_events.write_hparams(self.writer, self.config.to_dict(), summary,
-                                     step=summary['steps'])
-    self.writer.close()
+
+  def write_outputs(self, summary: dict[str, Any], *, confusions: dict[str, tuple]):
+    """After summary.json: diagnostics.json, the figures, report.md and TensorBoard's
+    end (closing the event file). A file the disk refuses is a warning naming it
+    (``OSError``: a full or read-only disk); the results are already saved."""
+    figures = self._optional('the figures and diagnostics.json',
+                             lambda: self.draw(confusions)) or {}
+    scalars, findings = self.diagnostics_scalars(), summary['findings']
+    self._optional('report.md', lambda: report.write(
+        self.workdir / 'report.md', config=self.config, summary=summary,
+        findings=findings, figures=figures, diagnostics=scalars))
+
+    def tensorboard():
+      tensorboard_events.write_findings(self.writer, 'end', findings, step=summary['steps'])
+      tensorboard_events.write_figures(self.writer, self.workdir, figures,
+                                       step=summary['steps'])
+      tensorboard_events.write_hparams(self.writer, self.config.to_dict(), summary,
+                                       step=summary['steps'])
+      self.writer.close()
+
+    self._optional('the TensorBoard events', tensorboard)
     files = sorted(p.name for p in self.workdir.iterdir()  # Not the hidden .lock.
                    if not p.name.startswith(('events.', '.')) and p.name != checkpoints.DIRNAME)
     self.echo(f'wrote {self.workdir}/ ({", ".join(files)}, TensorBoard events) in '
               f'{summary["wall_time_s"]:.1f}s')
+
+  def _optional(self, what: str, write: Callable[[], Any]) -> Any:
+    """``write()``, or None and a warning when the file system refuses (OSError)."""
+    try:
+      return write()
+    except OSError as e:
+      logging.warning('%s: %s not written (%s); summary.json holds the results',
+                      self.workdir, what, e)
+      return None
+
+  def write_interrupted(self, summary: dict[str, Any]):
+    """summary.json of a run stopped by a signal (``train.Stopped``); closes its
+    event file. No figures or report: the run is not finished."""
+    rundir.write_json(self.workdir / 'summary.json', summary)
+    self.writer.close()
 
 
 MAX_IN_FLIGHT = 8
@@ -228,7 +272,9 @@ class GroupLog:
 
   The loop calls, per step, :meth:`before_step` and :meth:`dispatched`; per record
   step :meth:`collect`, :meth:`add_evaluation`, :meth:`write_records` and maybe
-  :meth:`save_checkpoints`; at the end :meth:`end_loop` and :meth:`finish`.
+  :meth:`save_checkpoints`; at the end :meth:`end_loop` and :meth:`finish`, or, when
+  a signal stops the runs (``train.stop_on_signals``), :meth:`announce_stop` as soon
+  as the loop sees it and :meth:`interrupt` after the checkpoint of the stop.
   """
 
   def __init__(self, runs: Sequence[RunLog], *, config: Config, start_step: int,
@@ -240,6 +286,7 @@ class GroupLog:
     self.new_records: dict[int, dict[str, Any]] = {}
     self.last_time, self.last_step = time.time(), start_step
     self.init_future: concurrent.futures.Future | None = None
+    self.stop_announced = False  # announce_stop said where a signal stops the runs.
     self.bar = progress.Progress(config.steps, echo=echo, start_step=start_step)
     for run in self.runs:
       run.out = self.bar.echo
@@ -336,7 +383,7 @@ class GroupLog:
       run.writer.flush()
     runtime.on_main_process(functools.partial(
         checkpoints.save_group, [run.workdir for run in self.runs], states,
-        [run.checkpoint_host() for run in self.runs], step))
+        [run.checkpoint_host() for run in self.runs], step, keep=self.config.keep_checkpoints))
 
   def select_on_validation(self, done: int, states: Callable[[], list]) -> list[int]:
     """After an evaluation with a validation split (its records written): keeps
@@ -394,26 +441,68 @@ class GroupLog:
     self.bar.close()
     return time.time() - self.loop_start
 
-  def draw_in_background(self, classified: Sequence[dict[str, tuple]]
-                         ) -> concurrent.futures.Future:
-    """Every run's figures, drawn in a thread (while the final evaluation runs);
-    ``classified``: per run, :meth:`RunLog.draw`'s."""
-    return in_background(lambda: [run.draw(c) for run, c in zip(self.runs, classified)])
+  def announce_stop(self, signal_name: str, *, done: int, at: int):
+    """Says once, as soon as the loop sees a stop asked for by ``signal_name`` with
+    the steps up to ``done`` dispatched, where the runs stop: at the record step
+    ``at`` (nothing to say when that is ``done``: the stop is now), or at their end."""
+    if self.stop_announced:
+      return
+    self.stop_announced = True
+    if at >= self.config.steps:
+      left = self.config.steps - done
+      self.bar.echo(f'{signal_name}: finishing the run' + (f', {left} steps from its end'
+                                                           if left else '')
+                    + f' (a second {signal_name} ends it at once)')
+    elif at > done:
+      self.bar.echo(f'{signal_name}: stopping at step {at}, the next record step, with a '
+                    f'checkpoint (a second {signal_name} ends the run at once)')
 
-  def finish(self, final: dict[str, dict[str, Any]], *, facts: dict[str, Any],
-             train_loop_s: float, start_step: int, drawn: concurrent.futures.Future,
+  def interrupt(self, step: int, *, signal_name: str, start_step: int,
+                start_time: float) -> list[dict[str, Any]]:
+    """The runs stopped by ``signal_name`` at the record step ``step``, their
+    checkpoint of it saved (:meth:`save_checkpoints`): each run's summary.json of
+    status ``interrupted``, TensorBoard closed. Returns the summaries."""
+    self.bar.close()
+    summaries = []
+    for run in self.runs:
+      summary = {
+          'status': 'interrupted',
+          'interrupted_at_step': step,
+          'signal': signal_name,
+          'diverged_at_step': run.diverged_at,
+          'early_stopped_at_step': run.stopped_at,
+          **run.initial,
+          'steps': run.records[-1]['step'] if run.records else 0,
+          'wall_time_s': time.time() - start_time,
+          'workdir': str(run.workdir),
+      }
+      if start_step:
+        summary['resumed_from_step'] = start_step
+      run.write_interrupted(summary)
+      summaries.append(summary)
+    return summaries
+
+  def finish(self, final: dict[str, dict[str, Any]], *,
+             classified: Sequence[dict[str, tuple]], facts: dict[str, Any],
+             train_loop_s: float, start_step: int,
              start_time: float) -> list[dict[str, Any]]:
     """Each run's summary, outputs and cleanup; returns the summaries.
 
+    summary.json first, then the checkpoints are removed (the run is finished), then
+    what is optional: diagnostics.json, the figures, report.md, TensorBoard's end
+    (:meth:`RunLog.write_outputs`: a full disk there is a warning, not lost results).
+
     Args:
       final: per split, the final ``evaluate`` (per run when vectorized).
+      classified: per run, per held-out split, ``(images, labels, logits)`` of its
+        final model (:meth:`RunLog.classify`); empty without classification figures.
       facts: what every summary holds (parameter counts, normalization, devices...).
       train_loop_s: the loop's seconds; start_step: where it started (resumed runs).
-      drawn: :meth:`draw_in_background`'s future.
       start_time: when the group started.
     """
     summaries = []
-    for i, (run, drawing) in enumerate(zip(self.runs, drawn.result())):
+    for i, run in enumerate(self.runs):
+      confusions = run.classify(classified[i])
       run_steps = run.records[-1]['step'] if run.records else 0
       summary = {
           'status': run.status,
@@ -450,8 +539,9 @@ class GroupLog:
                  f'{summary["final_test_loss"]:.4f} acc '
                  f'{summary["final_test_accuracy"]:.2%}')
       summary['workdir'] = str(run.workdir)
-      run.write_outputs(summary, drawn=drawing, start_time=start_time)
+      run.write_summary(summary, start_time=start_time)
       checkpoints.remove(run.workdir)  # Finished (summary written): nothing to resume.
+      run.write_outputs(summary, confusions=confusions)
       summaries.append(summary)
     return summaries
 

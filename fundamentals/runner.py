@@ -163,6 +163,10 @@ class Experiment:
     inherits: ``inherits(settings, overrides) -> Config overrides`` taken from
       elsewhere (the kept model an ``evaluate`` reads: its data), below the explicit
       flags ``overrides``.
+    check_inputs: ``check_inputs(context)`` raises ValueError or OSError for inputs
+      that only the experiment can judge (a kept model's classes against the data's),
+      at planning, before anything is written; ``context.dataset`` loads the data
+      once for planning and work.
   """
   name: str
   description: str
@@ -179,6 +183,7 @@ class Experiment:
   scales: dict[str, Scale] = dataclasses.field(default_factory=dict)
   needs_data: bool = True
   inherits: Callable[[Any, dict[str, Any]], dict[str, Any]] | None = None
+  check_inputs: Callable[[Context], None] | None = None
 
   def scale(self, name: str) -> Scale:
     """The scale ``name``; raises ValueError naming the ones this experiment has."""
@@ -230,8 +235,9 @@ def prepare(experiment: Experiment, config: Config, *, settings=None,
             scale: str = 'default'
             ) -> tuple[Context, list[sweep.Member], dict[str, Any]]:
   """Everything checked before anything is written: the members' configs, the data
-  (each member's batches fit), the directory. Returns the context, the members and
-  the manifest. Raises ValueError, FileNotFoundError or FileExistsError."""
+  (each member's batches fit, and split over the devices), the directory, the
+  experiment's own ``check_inputs``. Returns the context, the members and the
+  manifest. Raises ValueError, FileNotFoundError or FileExistsError."""
   if axes and experiment.members is not None:
     raise ValueError(f'sweeps vary the train experiment; --experiment={experiment.name} '
                      f'takes single values, but {sorted(axes)} have several')
@@ -252,7 +258,20 @@ def prepare(experiment: Experiment, config: Config, *, settings=None,
     dataset = dataset if dataset is not None else data_lib.load_configured(config)
     for member in members:
       train.check_fits(member.config, dataset)
-  return Context(config, settings, workdir, dataset, scale), members, manifest
+  if experiment.measure is None:  # Members that train: their batches split over devices.
+    for member in members:
+      check_devices(member.config)
+  context = Context(config, settings, workdir, dataset, scale)
+  if experiment.check_inputs is not None:
+    experiment.check_inputs(context)
+  return context, members, manifest
+
+
+def check_devices(config: Config):
+  """Raises ValueError unless a run of ``config`` can be placed on this process's
+  devices (data parallelism: its batch splits evenly over them)."""
+  if config.data_parallel:
+    runtime.check_batch_splits(config.batch_size)
 
 
 def run(experiment: Experiment, config: Config, *, settings=None,
@@ -549,6 +568,7 @@ def plan(experiment: Experiment, overrides: dict[str, Any], *,
     config = experiment.configure({k: v for k, v in overrides.items() if k != 'lr'})
     if not config.workdir:
       raise ValueError('--summarize needs the --workdir of a sweep or experiment')
+    check_summarizable(config.workdir)
     name = sweep.read_manifest(config.workdir).get('experiment', 'train')
     chosen = (experiments or {}).get(name, experiment if name == experiment.name else None)
     if chosen is None:
@@ -572,6 +592,26 @@ def plan(experiment: Experiment, overrides: dict[str, Any], *,
   return lambda: execute(experiment, *prepared, shard=options.shard,
                          vectorize=options.vectorize, overwrite=options.overwrite,
                          echo=echo)
+
+
+def check_summarizable(workdir: str | pathlib.Path):
+  """Raises FileNotFoundError, NotADirectoryError or ValueError saying what
+  ``--workdir`` is instead, unless it may hold a sweep or experiment for
+  ``--summarize`` (whose ``sweep.json`` :func:`sweep.read_manifest` then reads)."""
+  path = pathlib.Path(workdir)
+  if not path.exists():
+    raise FileNotFoundError(f'--summarize: --workdir={path} holds no sweep or experiment: '
+                            'it does not exist; give the --workdir of one')
+  if not path.is_dir():
+    raise NotADirectoryError(f'--summarize: --workdir={path} holds no sweep or experiment: '
+                             'it is a file; give the --workdir of one')
+  if not (path / sweep.MANIFEST).exists() and (path / 'config.json').exists():
+    parent = path.resolve().parent
+    raise ValueError(
+        f'--summarize: --workdir={path} holds a single run, not a sweep or experiment: '
+        'its results are its summary.json and report.md'
+        + (f'; it is a member of the sweep in {parent}: --summarize --workdir={parent}'
+           if (parent / sweep.MANIFEST).exists() else ''))
 
 
 def config_file_overrides(path: str | pathlib.Path) -> dict[str, Any]:
@@ -631,5 +671,6 @@ def _plan_single(config: Config, options: Options, *,
     rundir.check_available(config.workdir, overwrite=options.overwrite)
   dataset = dataset if dataset is not None else data_lib.load_configured(config)
   train.check_fits(config, dataset)
+  check_devices(config)
   return lambda: train.train(config, dataset=dataset, overwrite=options.overwrite,
                              resume=options.resume, echo=echo)

@@ -8,11 +8,14 @@ batches over; :func:`environment` is what a run records of all this, and of the 
 import contextlib
 import copy
 import dataclasses
+import errno
 import functools
 import importlib.metadata
+import logging
 import os
 import pathlib
 import platform as platform_lib
+import re
 import subprocess
 import time
 from typing import Any, Callable, Iterator, TypeVar
@@ -68,7 +71,16 @@ def enable_compilation_cache(path: str | os.PathLike):
   (about 1–2 s per variant of the train step on a 2-core CPU) goes.
   """
   path = pathlib.Path(path).expanduser()
-  path.mkdir(parents=True, exist_ok=True)
+  if path.exists() and not path.is_dir():
+    raise FileExistsError(f'--compilation_cache={path} is a file, not a folder; choose '
+                          'a folder, or give --compilation_cache= (empty) to turn it off')
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    code = f'{errno.errorcode.get(e.errno, e.errno)}: ' if e.errno else ''
+    raise type(e)(f'--compilation_cache={path} cannot be made ({code}{e.strerror or e}); '
+                  'choose another folder, or give --compilation_cache= (empty) to turn '
+                  'it off') from None
   jax.config.update('jax_compilation_cache_dir', str(path))
   jax.config.update('jax_persistent_cache_min_compile_time_secs', MIN_CACHED_COMPILE_S)
 
@@ -132,8 +144,11 @@ class Options(Knobs):
 def configure(options: Options | None = None, **kwargs):
   """Configures JAX before any computation: platform, compilation cache, hosts.
 
-  ``options`` or its fields as keyword arguments."""
+  ``options`` or its fields as keyword arguments. A ``platform`` asked for is checked
+  at once, after the hosts are initialized (:func:`check_platform`).
+  """
   options = options if options is not None else Options(**kwargs)
+  previous = jax.config.jax_platforms
   if options.platform:
     jax.config.update('jax_platforms', options.platform)
   if options.compilation_cache:
@@ -143,6 +158,44 @@ def configure(options: Options | None = None, **kwargs):
     initialize_distributed(coordinator_address=options.coordinator_address,
                            num_processes=options.num_processes,
                            process_id=options.process_id)
+  if options.platform:
+    check_platform(options.platform, otherwise=previous)
+
+
+def check_platform(platform: str, *, otherwise: str | None = None):
+  """Raises ValueError naming ``--platform`` and the platforms JAX does find, unless
+  it has a device of ``platform`` (starting JAX's backends; after a failure, JAX is
+  set back to ``otherwise``, its platforms before, so that it can still start).
+
+  Without the check, a missing platform surfaced at the first computation, as a bare
+  ``AssertionError`` from JAX (no CUDA plugin installed) or a RuntimeError.
+  """
+  # JAX logs each backend it fails to start (INFO): the one line below says it all.
+  bridge_logger = logging.getLogger('jax._src.xla_bridge')
+  level = bridge_logger.level
+  bridge_logger.setLevel(logging.WARNING)
+  try:
+    try:
+      jax.devices(platform)
+      return
+    except (RuntimeError, AssertionError) as e:  # AssertionError: no plugin at all.
+      why = next((line.strip() for line in str(e).splitlines() if line.strip()),
+                 f'jaxlib has no {platform} plugin installed')
+      why = re.sub(r'\s*\(set JAX_PLATFORMS=.*\)$', '', why)
+    jax.config.update('jax_platforms', otherwise)
+    found = [p for p in PLATFORMS if p and _has_devices(p)]
+  finally:
+    bridge_logger.setLevel(level)
+  raise ValueError(f'--platform={platform}: JAX finds no {platform} device here ({why});'
+                   f' available: {", ".join(found) or "none"} (leave --platform unset to '
+                   'let JAX choose)')
+
+
+def _has_devices(platform: str) -> bool:
+  try:
+    return bool(jax.devices(platform))
+  except (RuntimeError, AssertionError):
+    return False
 
 
 def data_mesh(batch_size: int) -> Mesh | None:
@@ -153,10 +206,20 @@ def data_mesh(batch_size: int) -> Mesh | None:
   devices = jax.devices()
   if len(devices) == 1:
     return None
-  if batch_size % len(devices):
-    raise ValueError(f'batch_size={batch_size} must be a multiple of the '
-                     f'{len(devices)} devices it is split over (data parallelism)')
+  check_batch_splits(batch_size)
   return Mesh(np.array(devices), (BATCH_AXIS,))
+
+
+def check_batch_splits(batch_size: int):
+  """Raises ValueError unless ``batch_size`` splits evenly over all devices (of all
+  hosts), as data parallelism needs: checked when a run is planned, before any work."""
+  count = jax.device_count()
+  if count > 1 and batch_size % count:
+    lower, upper = batch_size // count * count, -(-batch_size // count) * count
+    raise ValueError(f'batch_size={batch_size} must be a multiple of the {count} devices '
+                     f'it is split over (data parallelism), e.g. '
+                     + (f'{lower} or ' if lower else '') + f'{upper}; or give '
+                     '--data_parallel=false')
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

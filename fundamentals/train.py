@@ -7,16 +7,20 @@ be vmapped across sweep members. The whole dataset lives on device as uint8; eac
 step gathers its batch from a per-epoch permutation and normalizes it on device, so
 there is no per-step host work. The host side of a run (records, files, TensorBoard,
 figures, summary) is ``fundamentals.runlog``; checkpoints are ``checkpoints``.
+SIGTERM and SIGINT stop training gracefully (:func:`stop_on_signals`, :class:`Stopped`).
 """
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import functools
 import pathlib
 import shutil
+import signal
 import tempfile
+import threading
 import time
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -389,6 +393,93 @@ class Fit(NamedTuple):
   state: TrainState
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+"""What schedulers send before a kill (SLURM, Kubernetes, ``timeout``) and Ctrl-C."""
+
+
+class Stopped(Exception):
+  """Training stopped by a signal (:func:`stop_on_signals`).
+
+  ``step``: the record step it stopped at, where each run saved a checkpoint and a
+  ``summary.json`` of status ``interrupted``; ``resume`` goes on from it with the
+  numbers of an uninterrupted run. None: the signal came between two runs (of a
+  sweep), and this one did not start.
+  """
+
+  def __init__(self, signal_name: str, step: int | None, workdirs: Sequence[Any]):
+    self.signal_name, self.step = signal_name, step
+    self.workdirs = [str(w) for w in workdirs]
+    where = ', '.join(self.workdirs)
+    super().__init__(f'interrupted by {signal_name} at step {step}: checkpoint saved in '
+                     f'{where}' if step is not None else
+                     f'interrupted by {signal_name} before {where} started')
+
+
+@dataclasses.dataclass
+class _StopRequest:
+  signal_name: str | None = None  # The signal that asked to stop; None: none did.
+  depth: int = 0  # Nested stop_on_signals blocks of the main thread.
+  previous: dict[int, Any] = dataclasses.field(default_factory=dict)  # Their handlers.
+
+
+_stop = _StopRequest()
+
+
+def stop_requested() -> str | None:
+  """The name of the signal that asked training to stop (``'SIGTERM'``), or None."""
+  return _stop.signal_name
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+  """While the block runs, SIGTERM and SIGINT ask training to stop instead of killing.
+
+  The first one only notes the request (:func:`stop_requested`) and gives both
+  signals back their default action, so that a second one ends the process at once
+  (killed by that signal: exit status 128 + its number in a shell, 143 or 130). The
+  training loop stops at its next record step (:func:`fit_group`); a run that has
+  not started yet does not start (:class:`Stopped` with no step). The previous
+  handlers come back when the outermost block ends, however it ends; an inner block
+  (``launch.py`` holds one around a whole sweep, each ``fit_group`` its own) changes
+  nothing. Only the main thread can take signals, so a block of another thread, or
+  of a multi-process (``jax.distributed``) run, installs nothing: there each process
+  would stop at another step, while every collective and checkpoint needs all of
+  them, so they keep the default action (killed; ``--resume`` goes on from the last
+  checkpoint).
+  """
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  if not _stop.depth:
+    _stop.signal_name, _stop.previous = None, {}
+    if jax.process_count() == 1:
+      _stop.previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+      for s in STOP_SIGNALS:
+        signal.signal(s, _ask_to_stop)
+  _stop.depth += 1
+  try:
+    yield
+  finally:
+    _stop.depth -= 1
+    if not _stop.depth:
+      for s, handler in _stop.previous.items():  # None: a handler not set from Python.
+        signal.signal(s, signal.SIG_DFL if handler is None else handler)
+      _stop.previous = {}
+
+
+def _ask_to_stop(signum: int, frame):
+  del frame  # Runs in the main thread between two bytecodes: only notes the request.
+  for s in STOP_SIGNALS:
+    signal.signal(s, signal.SIG_DFL)
+  _stop.signal_name = signal.Signals(signum).name
+
+
+def stop_step(done: int, config: Config) -> int:
+  """The step a stop asked for once the steps up to ``done`` are dispatched happens
+  at: the first record step from ``done`` on (:func:`is_record_step`)."""
+  return done if is_record_step(done, config) else next_record_step(done, config)
+
+
 def train(config: Config, *, dataset: data_lib.Dataset | None = None,
           overwrite: bool = False, resume: bool = False,
           echo: Callable[[str], Any] = print) -> dict[str, Any]:
@@ -441,14 +532,27 @@ def fit_group(configs: Sequence[Config], *, dataset: data_lib.Dataset | None = N
   written before the configs, the checkpoints to resume and the data are checked.
   Each run directory is taken (``rundir.claim``) for the run's life and given back at
   its end, however it ends.
+
+  SIGTERM or SIGINT (:func:`stop_on_signals`, held here) stops the group at the next
+  record step (:func:`stop_step`): that step's records are written as usual, then
+  each run saves a checkpoint of it (due or not), a ``summary.json`` of status
+  ``interrupted`` (``interrupted_at_step``, ``signal``) and closes its TensorBoard
+  file, and :class:`Stopped` is raised. Stopping at a record step, never inside a
+  window, leaves no metrics half-recorded, so ``resume`` writes exactly the records
+  an uninterrupted run writes after it. The wait is bounded by the record interval,
+  ``min(log_every, eval_every, diagnostics_every)`` steps (100 by default), which a
+  compiled call of up to :func:`chunk_length` steps cannot be cut short of anyway. A
+  signal during the last window, or after it, lets the runs finish (their final
+  evaluation, summary and figures: seconds).
   """
   claimed = []
-  try:
-    return _fit_group(configs, dataset=dataset, overwrite=overwrite, resume=resume,
-                      echo=echo, claimed=claimed)
-  finally:
-    for workdir in claimed:
-      rundir.release(workdir)
+  with stop_on_signals():
+    try:
+      return _fit_group(configs, dataset=dataset, overwrite=overwrite, resume=resume,
+                        echo=echo, claimed=claimed)
+    finally:
+      for workdir in claimed:
+        rundir.release(workdir)
 
 
 def _fit_group(configs: Sequence[Config], *, dataset: data_lib.Dataset | None,
@@ -456,6 +560,8 @@ def _fit_group(configs: Sequence[Config], *, dataset: data_lib.Dataset | None,
                claimed: list[pathlib.Path]) -> list[Fit]:
   """:func:`fit_group`'s work; the run directories it takes are added to ``claimed``."""
   configs = _check_group(configs)
+  if stop_requested():  # Between two runs (of a sweep): this one does not start.
+    raise Stopped(stop_requested(), None, [c.workdir for c in configs])
   config, vectorized = configs[0], len(configs) > 1
   start_time = time.time()
   mesh = runtime.data_mesh(config.batch_size) if config.data_parallel else None
@@ -518,6 +624,8 @@ def _fit_group(configs: Sequence[Config], *, dataset: data_lib.Dataset | None,
     if first_step_s is None:  # One wait, for the time to the first finished step.
       jax.block_until_ready(metrics)
       first_step_s = runtime.seconds_since_process_start()
+    if stop_requested():  # Said once: where it stops (a signal, :func:`stop_on_signals`).
+      log.announce_stop(stop_requested(), done=done, at=stop_step(done, config))
     if not is_record_step(done, config):
       continue
     log.collect(done)
@@ -534,9 +642,14 @@ def _fit_group(configs: Sequence[Config], *, dataset: data_lib.Dataset | None,
         log.stop_runs(stopped, train=evaluate(steps.eval, state,
                                               *split_of(dataset, 'train'), mean, std),
                       states=runlog.per_run(state, vectorized))
-    if checkpoints.is_due(done, last_checkpoint, config):
+    stopping = bool(stop_requested()) and done < config.steps and log.any_active
+    if stopping or checkpoints.is_due(done, last_checkpoint, config):
       log.save_checkpoints(runlog.per_run(state, vectorized), done)
       last_checkpoint = done
+    if stopping:
+      log.interrupt(done, signal_name=stop_requested(), start_step=start_step,
+                    start_time=start_time)
+      raise Stopped(stop_requested(), done, [run.workdir for run in runs])
     if not log.any_active:
       break
   train_loop_s = log.end_loop()
@@ -544,7 +657,6 @@ def _fit_group(configs: Sequence[Config], *, dataset: data_lib.Dataset | None,
                          dataset, mean, std)
                 if run.status == 'completed' and run.config.classification_figures else {}
                 for run, s in zip(runs, runlog.per_run(state, vectorized))]
-  drawn = log.draw_in_background(classified)  # While the final evaluation runs.
   final = ({split: evaluate(steps.eval, state, *split_of(dataset, split), mean, std)
             for split in ('train', *eval_splits(dataset))}
            if any(run.status == 'completed' and run.final is None for run in runs)
@@ -562,8 +674,9 @@ def _fit_group(configs: Sequence[Config], *, dataset: data_lib.Dataset | None,
       # From process start: imports, data, init, compilation and the first step.
       'first_step_s': first_step_s,
   }
-  summaries = log.finish(final, facts=facts, train_loop_s=train_loop_s,
-                         start_step=start_step, drawn=drawn, start_time=start_time)
+  summaries = log.finish(final, classified=classified, facts=facts,
+                         train_loop_s=train_loop_s, start_step=start_step,
+                         start_time=start_time)
   if not runtime.is_main_process():  # Its copies of process 0's files.
     for run in runs:
       shutil.rmtree(run.workdir, ignore_errors=True)

@@ -56,3 +56,14 @@ def test_optimizer_knobs_are_sweepable_and_their_numbers_per_run_values():
   assert (defaults.weight_decay, defaults.grad_clip_norm, defaults.nesterov) == (
       0.0, 0.0, False)
   assert (defaults.adam_b1, defaults.adam_b2, defaults.adam_eps) == (0.9, 0.999, 1e-8)
+
+
+def test_keep_checkpoints_is_a_run_knob_of_at_least_one():
+  field = FIELDS['keep_checkpoints']
+  assert Config().keep_checkpoints == 2 and field.metadata['group'] == 'run'
+  assert not field.metadata['sweep'] and 'keep_checkpoints' not in config_lib.per_run_fields()
+  assert config_lib.parse_value(field, '5') == 5
+  for bad in (0, -1):
+    with pytest.raises(ValueError, match=rf'^keep_checkpoints={bad} must be >= 1 \(the '
+                                         'newest checkpoints a run keeps\)$'):
+      Config(keep_checkpoints=bad)

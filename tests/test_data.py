@@ -157,9 +157,59 @@ assert not [m for m in sys.modules if m.partition('.')[0] == 'tensorflow'], 'TF 
   assert f'or delete {tfrecord} to prepare it again as ArrayRecord' in message
 
 
-def test_unknown_dataset_is_named(tmp_path):
-  with pytest.raises(ValueError, match='no_such_dataset'):
+def test_unknown_dataset_is_named_with_the_valid_ones_and_how_to_prepare_one(tmp_path):
+  with pytest.raises(ValueError) as refused:
     data.load('no_such_dataset', data_dir=str(tmp_path))
+  message = str(refused.value)
+  assert message.startswith("Unknown dataset 'no_such_dataset': neither built in nor in "
+                            'the TFDS catalog; valid: synthetic_fruits, '
+                            'synthetic_fruits/small (built in'), message
+  assert 'image_folder with --data_dir=FOLDER' in message
+  assert '`tfds build NAME --data_dir=DIR --file_format=array_record`' in message
+
+
+@pytest.mark.parametrize('name, message', [
+    ('synthetic_fruits/huge', "synthetic_fruits has no config 'huge'; valid: "
+                              'synthetic_fruits/default, synthetic_fruits/small'),
+    ('mnist/huge', "mnist has no config 'huge'; valid: mnist (it has no configs)"),
+    ('mnist:9.9.9', 'cannot be loaded at version 9.9.9'),
+    ('two words', 'TFDS cannot open it offline (Parsing builder name string two words'),
+    ('', "Unknown dataset '': TFDS cannot open it offline"),
+])
+def test_a_name_tfds_cannot_open_is_one_line_naming_what_is_valid(name, message, tmp_path):
+  with pytest.raises(ValueError) as refused:
+    data.load(name, data_dir=str(tmp_path))
+  assert message in str(refused.value) and '\n' not in str(refused.value)
+
+
+def test_a_community_namespace_is_refused_before_tfds_looks_it_up(tmp_path, monkeypatch):
+  """TFDS would fetch the community index over the network (and, without gcsfs and
+  TensorFlow, fail with an ImportError traceback)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(tfds, 'builder', lambda *a, **k: pytest.fail('TFDS was asked'))
+  with pytest.raises(ValueError, match="^Unknown dataset 'huggingface:mnist': huggingface: "
+                                       'names a TFDS community namespace'):
+    data.load('huggingface:mnist', data_dir=str(tmp_path))
+
+
+def test_a_cache_that_cannot_be_written_is_one_warning(tmp_path, caplog):
+  (tmp_path / 'file').write_text('where the folder would be')
+  arrays = {'train_labels': np.zeros(3, np.int32)}
+  with caplog.at_level('WARNING'):
+    assert not data.save_cache(tmp_path / 'file' / 'arrays.npz', arrays)
+  assert 'cannot cache the decoded arrays in' in caplog.text
+  assert data.save_cache(tmp_path / 'ok' / 'arrays.npz', arrays)
+  assert [p.name for p in (tmp_path / 'ok').iterdir()] == ['arrays.npz']  # No temporary.
+
+
+def test_a_dataset_of_one_class_or_labels_beyond_its_classes_is_refused():
+  arrays = {'train_labels': np.zeros(4, np.int32), 'test_labels': np.zeros(2, np.int32)}
+  with pytest.raises(ValueError, match=r'^d has 1 class \(a\); a classifier needs two or more'):
+    data.check_classes('d', ('a',), arrays)
+  arrays['test_labels'] = np.array([0, 2], np.int32)
+  with pytest.raises(ValueError, match=r'^d: its test labels span \[0, 2\], but it names 2 '
+                                       'classes'):
+    data.check_classes('d', ('a', 'b'), arrays)
 
 
 def test_validation_split_is_stratified_deterministic_and_disjoint(small_dataset):
@@ -173,6 +223,10 @@ def test_validation_split_is_stratified_deterministic_and_disjoint(small_dataset
   assert not flat(tr_x) & flat(va_x)
   with pytest.raises(ValueError, match='validation_fraction=1.0'):
     data.split_validation(images, labels, 1.0)
+  with pytest.raises(ValueError, match=r'--validation_fraction=0.98 leaves no training '
+                                       r'example of class 0 \(red_round_plain\): it would '
+                                       r'hold out round\(0.98·20\) = 20 of its 20'):
+    data.split_validation(images, labels, 0.98, class_names=small_dataset.class_names)
 
 
 def test_normalization_statistics_exclude_the_validation_split(data_dir):

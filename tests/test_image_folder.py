@@ -57,15 +57,53 @@ def test_grayscale_rgba_and_mixed_sizes_are_converted(folder, tmp_path):
   assert (100, 100, 100) in pixels and (255, 255, 255) in pixels and (77, 77, 77) in pixels
 
 
-def test_corrupt_and_non_image_files_are_skipped_with_a_counted_warning(folder, tmp_path, caplog):
-  (folder / 'train' / 'apple' / 'broken.png').write_bytes(b'\x89PNG not really')
+def test_files_not_named_as_images_are_skipped_with_one_counted_warning(folder, tmp_path,
+                                                                        caplog):
   (folder / 'train' / 'apple' / 'notes.txt').write_text('hello')
+  (folder / 'train' / 'apple' / 'labels.csv').write_text('a,b')
   with caplog.at_level(py_logging.WARNING):
     _, arrays = image_folder.load(folder, image_size=8, cache_dir=tmp_path / 'c')
   assert len(arrays['train_labels']) == 6
-  text = caplog.text
-  assert '1 files skipped (corrupt or unreadable images)' in text and 'broken.png' in text
-  assert '1 files skipped (not an image by extension)' in text and 'notes.txt' in text
+  warnings = [r.getMessage() for r in caplog.records if r.levelno >= py_logging.WARNING]
+  assert len(warnings) == 1, warnings
+  assert warnings[0].startswith('2 files skipped (not named as images: .png, ')
+  assert 'apple/labels.csv' in warnings[0] and 'apple/notes.txt' in warnings[0]
+
+
+def test_corrupt_images_are_refused_naming_the_first_few_and_their_count(folder, tmp_path):
+  """Refused, not skipped: a course's dataset must not silently lack images."""
+  for i in range(7):
+    (folder / 'train' / 'apple' / f'broken{i}.png').write_bytes(b'\x89PNG not really')
+  with pytest.raises(image_folder.ImageFolderError) as refused:
+    image_folder.load(folder, image_size=8, cache_dir=tmp_path / 'c')
+  message = str(refused.value)
+  assert re.match(r'7 of 13 image files cannot be decoded \(corrupt, truncated or not the '
+                  r'format their name says\): .*apple/broken0\.png, .*apple/broken4\.png '
+                  r'and 2 more; fix or remove them', message), message
+  assert '\n' not in message and not (tmp_path / 'c').exists()  # Nothing cached.
+
+
+@pytest.mark.parametrize('spoil, message', [
+    (lambda f: f.write_bytes(b'truncated'), 'of its 3 files, 3 cannot be decoded and 0 are '
+                                            'not named as images'),
+    (lambda f: f.rename(f.with_suffix('.txt')), 'of its 3 files, 0 cannot be decoded and 3 '
+                                                'are not named as images'),
+], ids=['corrupt', 'not images'])
+def test_a_class_without_a_readable_image_is_refused_naming_it(folder, tmp_path, spoil,
+                                                               message):
+  for f in sorted((folder / 'train' / 'banana').iterdir()):
+    spoil(f)
+  with pytest.raises(image_folder.ImageFolderError,
+                     match=f'^class banana has no readable image in .*train/banana: '
+                           f'{message}'):
+    image_folder.load(folder, image_size=8, cache_dir=tmp_path / 'c')
+
+
+def keep_only(root, *classes):
+  for split in ('train', 'test'):
+    for name in ('apple', 'banana'):
+      if name not in classes:
+        shutil.rmtree(root / split / name)
 
 
 @pytest.mark.parametrize('damage, message', [
@@ -73,6 +111,10 @@ def test_corrupt_and_non_image_files_are_skipped_with_a_counted_warning(folder, 
     (lambda root: [p.unlink() for p in (root / 'test' / 'apple').iterdir()],
      'apple is empty'),
     (lambda root: shutil.rmtree(root / 'test'), 'has no test/ folder'),
+    (lambda root: keep_only(root, 'apple'), 'train has one class folder (apple); a '
+                                            'classifier needs two or more'),
+    (lambda root: keep_only(root) or write(root / 'train' / 'loose.png', rgb(0)),
+     'fruits/train/<class>/<images> (it holds 1 file directly, e.g. loose.png)'),
 ])
 def test_structural_problems_raise_naming_the_path(folder, tmp_path, damage, message):
   damage(folder)
@@ -83,6 +125,35 @@ def test_structural_problems_raise_naming_the_path(folder, tmp_path, damage, mes
 def test_missing_folder_says_what_layout_is_expected(tmp_path):
   with pytest.raises(image_folder.ImageFolderError, match='does not exist.*train/<class>'):
     image_folder.load(tmp_path / 'nope', cache_dir=tmp_path / 'c')
+  (tmp_path / 'file').write_text('x')
+  with pytest.raises(image_folder.ImageFolderError, match='file is a file, not an image '
+                                                          'folder; expected .*train/<class>'):
+    image_folder.load(tmp_path / 'file', cache_dir=tmp_path / 'c')
+
+
+def test_a_folder_without_train_says_what_it_holds(folder, tmp_path):
+  """The usual slip: --data_dir naming the train/ folder itself."""
+  with pytest.raises(image_folder.ImageFolderError,
+                     match=r'train has no train/ folder; .*\(it holds apple/, banana/\)'):
+    image_folder.load(folder / 'train', cache_dir=tmp_path / 'c')
+
+
+def test_a_cache_that_cannot_be_written_or_read_is_only_a_warning(folder, tmp_path,
+                                                                  caplog):
+  (tmp_path / 'ro').write_text('a file where the cache folder would be')
+  with caplog.at_level(py_logging.WARNING):
+    _, arrays = image_folder.load(folder, image_size=8, cache_dir=tmp_path / 'ro')
+  assert len(arrays['train_labels']) == 6
+  assert 'cannot cache the decoded arrays in' in caplog.text
+  cache = tmp_path / 'c'
+  image_folder.load(folder, image_size=8, cache_dir=cache)
+  [written] = (cache / 'image_folder').iterdir()
+  written.write_bytes(b'damaged')
+  caplog.clear()
+  with caplog.at_level(py_logging.WARNING):
+    _, again = image_folder.load(folder, image_size=8, cache_dir=cache)
+  np.testing.assert_array_equal(again['train_images'], arrays['train_images'])
+  assert 'decoding again' in caplog.text
 
 
 def test_second_load_reads_the_cache_and_a_changed_file_invalidates_it(folder, tmp_path, monkeypatch):

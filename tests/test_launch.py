@@ -1,6 +1,7 @@
 """launch.py end to end, as a user runs it: a subprocess with flags."""
 
 import contextlib
+import errno
 import io
 import json
 import os
@@ -15,6 +16,7 @@ import pytest
 from conftest import REPO, SMALL
 import experiments
 from fundamentals import rundir
+from fundamentals import runner
 
 
 # The runs' caches (JAX's persistent compilation cache, decoded image folders): one
@@ -283,3 +285,76 @@ def test_a_run_killed_with_sigkill_resumes_to_the_numbers_of_one_never_killed(tm
   losses = [[r['train_loss'] for r in rundir.read_jsonl(tmp_path / name / 'metrics.jsonl')]
             for name in ('whole', 'killed')]
   assert losses[0] == losses[1] and len(losses[0]) == 30
+
+
+SWEPT = {'members': [{'name': 'lr-0.1', 'status': 'completed'},
+                     {'name': 'lr-1000000.0', 'status': 'diverged'},
+                     {'name': 'lr-2000000.0', 'status': 'diverged'}]}
+
+
+@pytest.mark.parametrize('args, result, status, line', [
+    ([], {'status': 'completed', 'workdir': 'runs/a'}, 0, ''),
+    ([], {'status': 'diverged', 'diverged_at_step': 7, 'workdir': 'runs/a'}, 3,
+     'launch.py: the run diverged at step 7 (a loss that is not finite): '
+     'runs/a/summary.json'),
+    (['--lr=0.1,1e6,2e6'], SWEPT, 3,
+     'launch.py: 2 of 3 runs diverged: lr-1000000.0, lr-2000000.0'),
+    (['--lr=0.1,1e6,2e6', '--sweep_shard=0/2'], SWEPT, 3,  # Its job's members only.
+     'launch.py: 1 of 2 runs diverged: lr-2000000.0'),
+    # A lesson may diverge on purpose; --summarize runs nothing.
+    (['--experiment=init_activation'], SWEPT, 0, ''),
+    (['--lr=0.1,1e6,2e6', '--summarize'], SWEPT, 0, ''),
+])
+def test_the_exit_status_says_whether_a_train_run_or_sweep_diverged(
+    args, result, status, line, monkeypatch):
+  monkeypatch.setattr(runner, 'plan', lambda *a, **k: lambda: result)
+  got = launch_here(*args, '--workdir=/nonexistent/never')
+  assert (got.returncode or 0, got.stderr.strip()) == (status, line)
+
+
+@pytest.mark.parametrize('error, status, line', [
+    (OSError(errno.ENOSPC, 'No space left on device', '/runs/a/metrics.jsonl'), 1,
+     'launch.py: error: /runs/a/metrics.jsonl: No space left on device (ENOSPC)'),
+    (PermissionError(errno.EROFS, 'Read-only file system', '/runs/a/summary.json'), 1,
+     'launch.py: error: /runs/a/summary.json: Read-only file system (EROFS)'),
+    (PermissionError(errno.EACCES, 'Permission denied', '/runs/a/checkpoint/8'), 1,
+     'launch.py: error: /runs/a/checkpoint/8: Permission denied (EACCES)'),
+    (FileExistsError('--workdir=runs/a is in use by process 12 (launch.py)'), 2,
+     'launch.py: error: --workdir=runs/a is in use by process 12 (launch.py)'),
+    (FileNotFoundError(errno.ENOENT, 'No such file or directory', '/runs/a/config.json'), 2,
+     'launch.py: error: /runs/a/config.json: No such file or directory (ENOENT)'),
+])
+def test_an_error_during_the_work_is_one_line_with_its_exit_status(error, status, line,
+                                                                    monkeypatch):
+  def work():
+    raise error
+  monkeypatch.setattr(runner, 'plan', lambda *a, **k: work)
+  got = launch_here('--workdir=/nonexistent/never')
+  assert (got.returncode, got.stderr) == (status, line + '\n')
+
+
+def test_a_library_value_error_during_the_work_is_a_user_error_and_others_crash(
+    tmp_path, monkeypatch):
+  damaged = tmp_path / 'metrics.jsonl'
+  damaged.write_text('{"step": 1}\nnot json\n')
+  monkeypatch.setattr(runner, 'plan', lambda *a, **k: lambda: rundir.read_jsonl(damaged))
+  got = launch_here('--workdir=/nonexistent/never')
+  assert got.returncode == 2 and got.stderr == (
+      f'launch.py: error: {damaged}: line 2 is not JSON (Expecting value at column 1); '
+      'restore the file from a copy, or start the run afresh (--overwrite)\n')
+  monkeypatch.setattr(runner, 'plan', lambda *a, **k: lambda: int('not a number'))
+  with pytest.raises(ValueError, match='invalid literal'):  # A bug: its traceback.
+    launch_here('--workdir=/nonexistent/never')
+
+
+def test_a_full_disk_while_training_is_one_line_naming_the_file(tmp_path, data_dir,
+                                                                monkeypatch):
+  def disk_full(path, record):
+    raise OSError(errno.ENOSPC, 'No space left on device', str(path))
+  monkeypatch.setattr(rundir, 'append_jsonl', disk_full)
+  workdir = tmp_path / 'run'
+  got = launch_here(f'--dataset={SMALL}', f'--data_dir={data_dir}', '--hidden=8',
+                    '--steps=4', '--batch_size=50', '--log_every=2', '--diagnostics_every=0',
+                    f'--workdir={workdir}')
+  assert (got.returncode, got.stderr) == (
+      1, f'launch.py: error: {workdir}/metrics.jsonl: No space left on device (ENOSPC)\n')

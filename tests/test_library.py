@@ -70,6 +70,24 @@ def test_refuses_summarize_and_resume_and_checks_every_experiment_first(tmp_path
   assert not (tmp_path / 'all').exists()
 
 
+@pytest.mark.parametrize('occupy, message', [
+    (lambda root: root.write_text('x'), 'exists and is not a directory'),
+    (lambda root: root.mkdir() or (root / 'config.json').write_text('{}'),
+     r'holds a run \(config\.json\); --experiment=all writes one folder per experiment'),
+    (lambda root: root.mkdir() or (root / 'sweep.json').write_text('{}'),
+     r'holds a sweep or experiment \(sweep\.json\)'),
+], ids=['file', 'run', 'sweep'])
+def test_a_root_that_holds_something_else_is_refused_and_left_alone(occupy, message,
+                                                                   tmp_path, data_dir):
+  root = tmp_path / 'all'
+  occupy(root)
+  before = sorted(root.rglob('*')) if root.is_dir() else root.read_text()
+  with pytest.raises(FileExistsError, match=f'--workdir={root} {message}'):
+    library.plan_all({'tiny': TINY}, overrides(tmp_path, data_dir), settings={},
+                     options=runner.Options())
+  assert (sorted(root.rglob('*')) if root.is_dir() else root.read_text()) == before
+
+
 def test_every_experiment_declares_valid_configs_at_every_scale(tmp_path):
   import experiments  # pylint: disable=g-import-not-at-top
   from fundamentals import sweep  # pylint: disable=g-import-not-at-top

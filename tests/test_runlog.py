@@ -1,13 +1,18 @@
-"""Validation-driven selection: the best step, early stopping, the kept models."""
+"""Validation-driven selection: the best step, early stopping, the kept models; the
+results before the figures."""
 
 import dataclasses
+import errno
 import json
+import logging
 import math
 
 import numpy as np
 import pytest
 
 from fundamentals import data
+from fundamentals import plots
+from fundamentals import report
 from fundamentals import runlog
 from fundamentals import saved_model
 from fundamentals import train
@@ -179,3 +184,33 @@ def test_keep_model_false_keeps_none(data_dir, tmp_path):
   assert not saved_model.directory(config.workdir).exists()
   with pytest.raises(FileNotFoundError, match='holds no kept model'):
     saved_model.load(config.workdir)
+
+
+def test_a_full_disk_at_the_end_keeps_the_results_and_warns_of_the_figures(
+    small_dataset, tmp_path, monkeypatch, caplog):
+  workdir = tmp_path / 'run'
+  at_figures = []
+
+  def disk_full(path):
+    def write(*args, **kwargs):
+      at_figures.append(json.loads((workdir / 'summary.json').read_text()))  # Before.
+      raise OSError(errno.ENOSPC, 'No space left on device', str(workdir / path))
+    return write
+
+  monkeypatch.setattr(plots, 'save_figures', disk_full('loss.png'))
+  monkeypatch.setattr(report, 'write', disk_full('report.md'))
+  config = Config(dataset=SMALL, hidden=(8,), steps=10, log_every=5, eval_every=10,
+                  diagnostics_every=0, checkpoint_every=5, keep_model=False,
+                  classification_figures=False, workdir=str(workdir))
+  with caplog.at_level(logging.WARNING):
+    summary = train.train(config, dataset=small_dataset, echo=lambda line: None)
+  assert summary['status'] == 'completed' and math.isfinite(summary['final_test_loss'])
+  assert len(at_figures) == 2 and at_figures[0] == json.loads(json.dumps(summary))
+  assert json.loads((workdir / 'summary.json').read_text()) == at_figures[0]
+  assert not (workdir / 'loss.png').exists() and not (workdir / 'report.md').exists()
+  assert not (workdir / 'checkpoint').exists()  # Finished: nothing to resume.
+  warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+  assert any('the figures and diagnostics.json not written ([Errno 28] No space left on '
+             f"device: '{workdir / 'loss.png'}')" in m for m in warned), warned
+  assert any('report.md not written' in m and 'summary.json holds the results' in m
+             for m in warned), warned

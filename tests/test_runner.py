@@ -160,6 +160,36 @@ def test_everything_is_checked_before_anything_is_written(tmp_path, data_dir,
     runner.prepare(TINY, base(tmp_path, data_dir), dataset=small_dataset)
 
 
+def test_summarize_says_what_the_directory_is_instead_of_a_sweep(tmp_path):
+  with pytest.raises(FileNotFoundError, match='holds no sweep or experiment: it does not '
+                                              'exist'):
+    runner.check_summarizable(tmp_path / 'nowhere')
+  (tmp_path / 'file').write_text('x')
+  with pytest.raises(NotADirectoryError, match='holds no sweep or experiment: it is a file'):
+    runner.check_summarizable(tmp_path / 'file')
+  member = tmp_path / 'sweep' / 'seed-0'
+  member.mkdir(parents=True)
+  (member / 'config.json').write_text('{}')
+  with pytest.raises(ValueError, match='holds a single run, not a sweep or experiment: its '
+                                       r'results are its summary\.json and report\.md$'):
+    runner.check_summarizable(member)
+  (tmp_path / 'sweep' / 'sweep.json').write_text('{}')
+  with pytest.raises(ValueError, match=f'it is a member of the sweep in {tmp_path}/sweep: '
+                                       f'--summarize --workdir={tmp_path}/sweep$'):
+    runner.check_summarizable(member)
+  runner.check_summarizable(tmp_path / 'sweep')  # sweep.read_manifest reads it next.
+
+
+def test_members_whose_batch_does_not_split_over_the_devices_are_refused_at_planning(
+    tmp_path, data_dir, small_dataset, monkeypatch):
+  from fundamentals import runtime  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(runtime.jax, 'device_count', lambda: 4)
+  with pytest.raises(ValueError, match='batch_size=50 must be a multiple of the 4 devices'):
+    runner.prepare(TINY, base(tmp_path, data_dir), dataset=small_dataset)
+  runner.prepare(TINY, base(tmp_path, data_dir, data_parallel=False), dataset=small_dataset)
+  assert not (tmp_path / 'tiny').exists()
+
+
 def test_manifest_records_the_experiment_and_refuses_another(tmp_path, data_dir,
                                                              small_dataset):
   config = base(tmp_path, data_dir, steps=3)

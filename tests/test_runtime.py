@@ -23,6 +23,39 @@ def test_bad_settings_are_refused_naming_the_valid_ones():
                                    process_id=2)
 
 
+def test_a_platform_without_devices_names_the_available_ones_and_jax_still_starts():
+  absent = [p for p in ('cuda', 'rocm', 'tpu') if not runtime._has_devices(p)]  # pylint: disable=protected-access
+  if not absent:
+    pytest.skip('this host has every platform')
+  before = jax.config.jax_platforms
+  with pytest.raises(ValueError, match=rf'^--platform={absent[0]}: JAX finds no '
+                                       rf'{absent[0]} device here \(.+\); available: '):
+    runtime.configure(platform=absent[0], compilation_cache='')
+  assert jax.config.jax_platforms == before and jax.devices()
+  runtime.check_platform(jax.devices()[0].platform)  # One that is there passes.
+
+
+def test_a_compilation_cache_that_is_a_file_is_named(tmp_path):
+  (tmp_path / 'file').write_text('x')
+  with pytest.raises(FileExistsError, match='^--compilation_cache=.*file is a file, not a '
+                                            'folder; .*--compilation_cache= \\(empty\\)'):
+    runtime.enable_compilation_cache(tmp_path / 'file')
+  with pytest.raises(OSError, match='^--compilation_cache=.*file/cache cannot be made'):
+    runtime.enable_compilation_cache(tmp_path / 'file' / 'cache')
+
+
+def test_a_batch_must_split_evenly_over_the_devices(monkeypatch):
+  runtime.check_batch_splits(25)  # One device here (or the test's own count).
+  monkeypatch.setattr(jax, 'device_count', lambda: 4)
+  runtime.check_batch_splits(128)
+  with pytest.raises(ValueError, match=r'^batch_size=30 must be a multiple of the 4 devices '
+                                       r'it is split over \(data parallelism\), e\.g\. 28 '
+                                       r'or 32; or give --data_parallel=false$'):
+    runtime.check_batch_splits(30)
+  with pytest.raises(ValueError, match=r'e\.g\. 4; or give'):
+    runtime.check_batch_splits(3)
+
+
 @pytest.mark.skipif(len(jax.devices()) > 1, reason='this host has several devices')
 def test_one_device_needs_no_mesh():
   assert runtime.data_mesh(128) is None

@@ -1,6 +1,9 @@
 import dataclasses
 import json
 import math
+import os
+import signal
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -493,3 +496,35 @@ def test_a_run_records_the_time_to_its_first_finished_step(tmp_path, small_datas
   summary = run(tmp_path, 'first', small_dataset, steps=3)
   # Counted from the start of the process (here: of the test session).
   assert before < summary['first_step_s'] < runtime.seconds_since_process_start()
+
+
+def test_stop_on_signals_notes_the_first_signal_and_gives_the_handlers_back():
+  before = {s: signal.getsignal(s) for s in train.STOP_SIGNALS}
+  with pytest.raises(RuntimeError, match='an error in the block'):
+    with train.stop_on_signals():
+      assert signal.getsignal(signal.SIGTERM) not in (before[signal.SIGTERM], signal.SIG_DFL)
+      with train.stop_on_signals():  # Nested (a sweep's run): changes nothing.
+        assert train.stop_requested() is None
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert train.stop_requested() == 'SIGTERM'
+        # A second signal would end the process: the default actions are back.
+        assert all(signal.getsignal(s) == signal.SIG_DFL for s in train.STOP_SIGNALS)
+      assert train.stop_requested() == 'SIGTERM'
+      raise RuntimeError('an error in the block')
+  assert {s: signal.getsignal(s) for s in train.STOP_SIGNALS} == before
+  seen = []  # Another thread takes no signals: it installs nothing.
+  def elsewhere():
+    with train.stop_on_signals():
+      seen.append(signal.getsignal(signal.SIGTERM))
+  thread = threading.Thread(target=elsewhere)
+  thread.start()
+  thread.join()
+  assert seen == [before[signal.SIGTERM]]
+
+
+def test_a_stop_happens_at_the_first_record_step_from_the_steps_dispatched():
+  config = Config(**{**TINY, 'steps': 45, 'log_every': 10, 'eval_every': 25})
+  assert [train.stop_step(done, config) for done in (1, 10, 11, 21, 25, 41, 45)] == [
+      10, 10, 20, 25, 25, 45, 45]
+  assert all(train.is_record_step(train.stop_step(done, config), config)
+             for done in range(1, 46))
