@@ -6,6 +6,7 @@ Examples:
   python launch.py --experiment=list
   python launch.py --experiment=batchnorm            # a lesson: report.md, figures, check
   python launch.py --experiment=all --workdir=runs/library   # every lesson and paper, an index
+  python launch.py --experiment=docs                 # regenerate docs/: figures, tables
   python launch.py --init=normal,xavier,kaiming --activation=tanh,relu --seed=0,1 \
       --workdir=runs/grid                            # a sweep: 12 runs, resumable
 
@@ -28,6 +29,7 @@ from absl import logging as absl_logging
 
 import experiments
 from fundamentals import cli
+from fundamentals import docs
 from fundamentals import library
 from fundamentals import runner
 from fundamentals import runtime
@@ -57,7 +59,8 @@ def main(argv):
       print(experiments.describe())
       return
     chosen = (experiments.LIBRARY if name == 'all'
-              else {name: experiments.get_experiment(name)})
+              else {n: experiments.EXPERIMENTS[n] for n in docs.experiments_needed()}
+              if name == 'docs' else {name: experiments.get_experiment(name)})
     chosen_settings = {e.settings for e in chosen.values()}
     for other in experiments.EXPERIMENTS.values():
       stray = (cli.given(other.settings, prefix=other.settings_prefix)
@@ -74,17 +77,20 @@ def main(argv):
     logging.getLogger('jax._src.xla_bridge').setLevel(logging.WARNING)
     if not FLAGS['verbosity'].present:
       absl_logging.set_verbosity(absl_logging.WARNING)
-    if name == 'all' and axes:
+    if name in ('all', 'docs') and axes:
       raise ValueError(f'--experiment={name} takes single values; {sorted(axes)} have '
                        'several')
     if name == 'all':
       work = library.plan_all(chosen, overrides, settings=settings, options=options)
+    elif name == 'docs':
+      work = docs.plan(chosen, overrides, settings=settings, options=options)
     else:
       work = runner.plan(chosen[name], overrides, axes=axes, settings=settings.get(name),
                          options=options, experiments=experiments.EXPERIMENTS)
   sys.exit(cli.run_work(
       work, program=pathlib.Path(argv[0]).name, shard=options.shard,
       levels=0 if name == 'train' and not axes else 1 if name != 'all' else 2,
+      root=docs.workdir(overrides) if name == 'docs' else None,
       # Only the train experiment's runs exit 3: a lesson may diverge on purpose (its
       # check says whether it showed what it should); --summarize runs nothing.
       judged=name == 'train' and not options.summarize))

@@ -70,7 +70,7 @@ def get_experiment(name: str) -> runner.Experiment:
   try:
     return EXPERIMENTS[name]
   except KeyError:
-    raise ValueError(f'Unknown experiment {name!r}; valid: list, all, '
+    raise ValueError(f'Unknown experiment {name!r}; valid: list, all, docs, '
                      f'{", ".join(sorted(EXPERIMENTS))}') from None
 
 
@@ -84,4 +84,6 @@ def describe() -> str:
       lines.append(f'{"":<20}   reproduces: {e.paper}')
   lines.append(f'{"all":<20} Every experiment above but {", ".join(TOOLS)}, at one --scale, into one '
                'directory with an index report.md.')
+  lines.append(f'{"docs":<20} The experiments docs/ shows, at their default scale, then its figures '
+               'and tables rewritten (docs/README.md).')
   return '\n'.join(lines)

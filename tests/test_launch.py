@@ -182,7 +182,7 @@ def test_experiment_list():
   assert result.returncode == 0
   listed = [line.split()[0] for line in result.stdout.splitlines()
              if not line.startswith(' ')]
-  assert sorted(listed) == sorted([*experiments.EXPERIMENTS, 'all'])
+  assert sorted(listed) == sorted([*experiments.EXPERIMENTS, 'all', 'docs'])
   for e in experiments.EXPERIMENTS.values():  # Each paper is named under its experiment.
     assert not e.paper or f'reproduces: {e.paper}' in result.stdout
 
