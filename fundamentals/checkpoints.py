@@ -305,12 +305,17 @@ def restore_leaves(workdir: pathlib.Path, step: int) -> list[np.ndarray]:
 def prune(workdir: pathlib.Path, *, keep: int, newest: int = 1):
   """Keeps the ``newest`` newest whole checkpoints up to step ``keep`` (step ``keep``
   among them; by default it alone) and removes the others before it, half-saved ones
-  and what killed saves left (``STALE``) included. Checkpoints of steps after ``keep``
-  stay (e.g. a damaged one a resumed run fell back from, until it saves past it)."""
+  and what killed saves left (``STALE``) included. Only older checkpoints whose host
+  file reads and whose files have their saved digests count among the kept: a damaged
+  one (such as one a resumed run fell back from) never takes a good one's place.
+  Checkpoints of steps after ``keep`` stay (e.g. a damaged one a resumed run fell back
+  from, until it saves past it)."""
   if newest < 1:
     raise ValueError(f'{newest=} must be >= 1')
   root = pathlib.Path(workdir) / DIRNAME
-  kept = {keep, *sorted(s for s in _whole(workdir) if s <= keep)[-newest:]}
+  intact = sorted(s for s, (host, _) in _whole(workdir).items() if s < keep
+                  and host is not None and not _changed_file(root / str(s), host.get('files')))
+  kept = {keep, *(intact[-(newest - 1):] if newest > 1 else ())}
   for path in root.iterdir() if root.is_dir() else []:
     step = _step_of(path.name)
     if step is None or (step < keep and step not in kept):

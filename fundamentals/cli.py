@@ -12,6 +12,7 @@ line on stderr and exit status 2 (:func:`parse_flags`, :func:`user_errors`).
 import contextlib
 import dataclasses
 import errno
+import linecache
 import pathlib
 import shlex
 import sys
@@ -196,13 +197,19 @@ def diverged_runs(summary: dict[str, Any], members: list[dict[str, Any]] | None
 def go_on_command(stopped: train.Stopped, *, levels: int, root: str | None = None) -> str:
   """The command that goes on after ``stopped``: this one without --overwrite (which
   would start afresh), with the --workdir it wrote to (``root``, or ``levels`` above
-  the stopped run's: 0 a single run, 1 a sweep or experiment, 2 ``--experiment=all``)
-  and, for a single run, --resume (a sweep resumes by running again)."""
+  the stopped run's: 0 a single run, 1 a sweep or experiment, the nearest folder above
+  it with a ``sweep.json`` (a member may lie deeper, as ``batchnorm``'s ``grid/…``), 2
+  ``--experiment=all``, the folder above that) and, for a single run, --resume (a
+  sweep resumes by running again)."""
   args = [a for a in sys.argv[1:]
-          if a.split('=')[0] not in ('--overwrite', '--nooverwrite')]
+          if a.split('=')[0].lstrip('-') not in ('overwrite', 'nooverwrite')]
   if not FLAGS['workdir'].present:
     workdir = pathlib.Path(stopped.workdirs[0])
-    args.append(f'--workdir={root or (workdir.parents[levels - 1] if levels else workdir)}')
+    if root is None and levels:
+      sweeps = [p for p in workdir.parents if (p / 'sweep.json').is_file()]
+      root = (sweeps[0] if levels == 1 else sweeps[0].parent) if sweeps else (
+          workdir.parents[levels - 1])
+    args.append(f'--workdir={root or workdir}')
   if not levels and not FLAGS['resume'].value:
     args.append('--resume')
   return shlex.join(['python', sys.argv[0], *args])
@@ -244,10 +251,15 @@ _LIBRARY = (str(pathlib.Path(__file__).resolve().parent),  # fundamentals/ and e
 
 
 def _raised_by_the_library(error: BaseException) -> bool:
-  """Whether the innermost frame of ``error``'s traceback is in fundamentals/ or
-  experiments/: a message written for a user, not a failure deep in JAX."""
+  """Whether ``error`` was raised by a ``raise`` statement of fundamentals/ or
+  experiments/ (the innermost frame of its traceback): a message written for a user,
+  not a failure deep in JAX, nor a bug such as ``max([])`` inside the library."""
   tb = error.__traceback__
   while tb is not None and tb.tb_next is not None:
     tb = tb.tb_next
-  return tb is not None and str(pathlib.Path(tb.tb_frame.f_code.co_filename).resolve()
-                                ).startswith(tuple(root + '/' for root in _LIBRARY))
+  if tb is None:
+    return False
+  filename = tb.tb_frame.f_code.co_filename
+  in_library = str(pathlib.Path(filename).resolve()).startswith(
+      tuple(root + '/' for root in _LIBRARY))
+  return in_library and linecache.getline(filename, tb.tb_lineno).lstrip().startswith('raise')

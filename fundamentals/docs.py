@@ -24,6 +24,7 @@ import re
 import time
 from typing import Any, Callable
 
+from fundamentals import checkpoints
 from fundamentals import report
 from fundamentals import rundir
 
@@ -253,10 +254,15 @@ def plan(chosen: dict[str, Any], overrides: dict[str, Any], *,
   run_library = library_lib.plan_all(lessons, {**overrides, 'workdir': str(root)},
                                      settings=settings, options=options, echo=echo)
   train_dir = root / TRAIN
-  finished = (train_dir / 'summary.json').is_file() and not options.overwrite
-  run_train = None if finished else runner.plan(
+  status = _status(train_dir) if not options.overwrite else None
+  # Finished: skipped; stopped with a checkpoint (status interrupted, or killed):
+  # resumed; else (re)started.
+  resume = status not in ('completed', 'diverged') and (
+      not options.overwrite and (train_dir / 'config.json').is_file()
+      and bool(checkpoints.available(train_dir)))
+  run_train = None if status in ('completed', 'diverged') else runner.plan(
       chosen[TRAIN], {**overrides, 'workdir': str(train_dir)},
-      options=dataclasses.replace(options, overwrite=True), echo=echo)
+      options=dataclasses.replace(options, overwrite=not resume, resume=resume), echo=echo)
 
   def work() -> list[pathlib.Path]:
     started = time.time()
@@ -271,6 +277,14 @@ def plan(chosen: dict[str, Any], overrides: dict[str, Any], *,
     return written
 
   return work
+
+
+def _status(workdir: pathlib.Path) -> str | None:
+  """The status in a run's ``summary.json`` (None: none, or unreadable)."""
+  try:
+    return json.loads((workdir / 'summary.json').read_text()).get('status')
+  except (OSError, ValueError, AttributeError):
+    return None
 
 
 def _read_json(path: pathlib.Path) -> dict[str, Any]:

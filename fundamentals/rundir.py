@@ -282,7 +282,11 @@ def start(config, *, overwrite: bool = False) -> pathlib.Path:
   of two runs started into one directory at once, exactly one gets it."""
   with _holding:  # Threads of this process too, which share its claims.
     path = create(config.workdir or default_path(config.experiment), overwrite=overwrite)
-    write_json(path / 'config.json', config.to_dict())
+    try:
+      write_json(path / 'config.json', config.to_dict())
+    except BaseException:
+      release(path)
+      raise
   return path
 
 

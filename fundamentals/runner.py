@@ -309,9 +309,12 @@ def execute(experiment: Experiment, context: Context, members: list[sweep.Member
     t = time.time()
     if experiment.measure is not None:
       runtime.on_main_process(lambda: rundir.start(member.config, overwrite=True))
-      output = experiment.measure(context, member)
-      runtime.on_main_process(lambda: rundir.write_json(
-          pathlib.Path(member.config.workdir) / MEASUREMENT, output))
+      try:
+        output = experiment.measure(context, member)
+        runtime.on_main_process(lambda: rundir.write_json(
+            pathlib.Path(member.config.workdir) / MEASUREMENT, output))
+      finally:  # The claim rundir.start took (sweep.taken holds its own).
+        runtime.on_main_process(lambda: rundir.release(member.config.workdir))
       _report_member(echo, experiment, member, None, time.time() - t)
       return
     fit = train.fit(member.config, dataset=context.dataset, overwrite=overwrite,
@@ -664,6 +667,7 @@ def _plan_single(config: Config, options: Options, *,
     if not (pathlib.Path(config.workdir) / 'config.json').exists():
       raise FileNotFoundError(f'--resume: --workdir={config.workdir} holds no run to go '
                               'on with')
+    rundir.check_not_in_use(config.workdir)  # Before reading what another one writes.
     checkpoints.resume_step([config], overwrite=options.overwrite)
   else:
     config = dataclasses.replace(

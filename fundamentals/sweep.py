@@ -315,7 +315,10 @@ def run(members: list[Member], *, workdir: str | pathlib.Path,
     else:  # Never ran, or was interrupted: (re)start it.
       todo.append(member)
   batches = group(todo, group_key) if run_group is not None else [[m] for m in todo]
+  from fundamentals import train  # pylint: disable=g-import-not-at-top  # JAX: only to run.
   for batch in batches:
+    if train.stop_requested():  # SIGTERM/SIGINT during the last member: no other starts.
+      raise train.Stopped(train.stop_requested(), None, [m.config.workdir for m in batch])
     where = ','.join(str(position[m.name]) for m in batch)
     if len(batch) == 1:
       echo(f'[{where}/{len(mine)}] {batch[0].name}')

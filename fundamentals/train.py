@@ -453,8 +453,11 @@ def stop_on_signals() -> Iterator[None]:
   if not _stop.depth:
     _stop.signal_name, _stop.previous = None, {}
     if jax.process_count() == 1:
-      _stop.previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
-      for s in STOP_SIGNALS:
+      # A signal ignored by whoever started the process (SIG_IGN: a background job of
+      # a non-interactive shell) stays ignored.
+      _stop.previous = {s: signal.getsignal(s) for s in STOP_SIGNALS
+                        if signal.getsignal(s) is not signal.SIG_IGN}
+      for s in _stop.previous:
         signal.signal(s, _ask_to_stop)
   _stop.depth += 1
   try:
@@ -469,7 +472,7 @@ def stop_on_signals() -> Iterator[None]:
 
 def _ask_to_stop(signum: int, frame):
   del frame  # Runs in the main thread between two bytecodes: only notes the request.
-  for s in STOP_SIGNALS:
+  for s in _stop.previous:  # Those it took (an ignored one stays ignored).
     signal.signal(s, signal.SIG_DFL)
   _stop.signal_name = signal.Signals(signum).name
 

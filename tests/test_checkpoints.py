@@ -239,3 +239,12 @@ def test_a_run_stopped_gracefully_is_resumable_and_any_other_summary_is_finished
   path.write_text(summary if isinstance(summary, str) else json.dumps(summary))
   found, reason = checkpoints.resumable(config)
   assert reason.startswith(why) and (sorted(found) == [4]) == (not why)
+
+
+def test_pruning_never_keeps_a_damaged_checkpoint_in_place_of_a_good_one(tmp_path):
+  for step in (10, 13):
+    checkpoints.save_group([tmp_path], [state(step)], [{}], step, keep=2)
+  _flip_saved_value(tmp_path, 13)  # An off-schedule step a resumed run fell back from.
+  assert checkpoints.verify(tmp_path, 13) and not checkpoints.verify(tmp_path, 10)
+  checkpoints.save_group([tmp_path], [state(15)], [{}], 15, keep=2)
+  assert names(tmp_path) == ['10', '10.json', '15', '15.json']

@@ -196,3 +196,33 @@ def test_publish_checks_everything_before_writing_anything(tmp_path):
         'One', (docs.Source('alpha', ('a.png',)),))})
   assert not (site / 'figures').exists()
   assert 'old' in page.read_text()
+
+
+@pytest.mark.parametrize('status, checkpoint, expected', [
+    (None, False, 'fresh'),  # Never ran.
+    ('interrupted', True, 'resume'),  # SIGTERM: its checkpoint and summary.
+    (None, True, 'resume'),  # Killed after a checkpoint.
+    ('completed', False, 'skipped'),
+    ('diverged', False, 'skipped'),
+])
+def test_docs_plan_skips_a_finished_reference_run_and_resumes_a_stopped_one(
+    status, checkpoint, expected, tmp_path, monkeypatch):
+  import experiments  # pylint: disable=g-import-not-at-top
+  from fundamentals import library  # pylint: disable=g-import-not-at-top
+  from fundamentals import runner  # pylint: disable=g-import-not-at-top
+  train_dir = tmp_path / docs.TRAIN
+  if status or checkpoint:
+    train_dir.mkdir(parents=True)
+    (train_dir / 'config.json').write_text('{}')
+  if status:
+    (train_dir / 'summary.json').write_text(json.dumps({'status': status}))
+  if checkpoint:
+    (train_dir / 'checkpoint' / '4').mkdir(parents=True)
+    (train_dir / 'checkpoint' / '4.json').write_text(json.dumps({'step': 4}))
+  planned = []
+  monkeypatch.setattr(library, 'plan_all', lambda *a, **k: lambda: None)
+  monkeypatch.setattr(runner, 'plan', lambda e, o, *, options, echo: planned.append(
+      'resume' if options.resume else 'fresh' if options.overwrite else '?'))
+  docs.plan(experiments.EXPERIMENTS, {'workdir': str(tmp_path)}, settings={},
+            options=runner.Options(), echo=lambda line: None)
+  assert planned == ([] if expected == 'skipped' else [expected])

@@ -15,8 +15,10 @@ import pytest
 
 from conftest import REPO, SMALL
 import experiments
+from fundamentals import cli
 from fundamentals import rundir
 from fundamentals import runner
+from fundamentals import train
 
 
 # The runs' caches (JAX's persistent compilation cache, decoded image folders): one
@@ -358,3 +360,35 @@ def test_a_full_disk_while_training_is_one_line_naming_the_file(tmp_path, data_d
                     f'--workdir={workdir}')
   assert (got.returncode, got.stderr) == (
       1, f'launch.py: error: {workdir}/metrics.jsonl: No space left on device (ENOSPC)\n')
+
+
+def test_a_bug_inside_the_library_during_the_work_is_not_called_a_user_error(monkeypatch):
+  def work():  # A ValueError of a builtin in a frame of fundamentals/: a bug, a crash.
+    exec(compile('max([])', rundir.__file__, 'exec'), {})  # pylint: disable=exec-used
+  monkeypatch.setattr(runner, 'plan', lambda *a, **k: work)
+  with pytest.raises(ValueError, match='empty'):
+    launch_here('--workdir=/nonexistent/never')
+
+
+@pytest.mark.parametrize('member, levels, expected', [
+    ('run', 0, 'run'),  # A single run: --resume added.
+    ('sweep/seed-1', 1, 'sweep'),
+    ('lesson/grid/bn-lr1', 1, 'lesson'),  # A member deeper than one folder (batchnorm's).
+    ('library/batchnorm/grid/bn-lr1', 2, 'library'),  # --experiment=all.
+])
+def test_the_command_that_goes_on_names_the_directory_that_was_run(
+    member, levels, expected, tmp_path, monkeypatch):
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  for folder in ('sweep', 'lesson', 'library/batchnorm'):
+    (tmp_path / folder).mkdir(parents=True, exist_ok=True)
+    (tmp_path / folder / 'sweep.json').write_text('{}')
+  monkeypatch.setattr(sys, 'argv', ['launch.py', '--steps=9', '-overwrite'])
+  flags.FLAGS.unparse_flags()
+  flags.FLAGS(['launch.py', '--steps=9'])
+  try:
+    stopped = train.Stopped('SIGTERM', 4, [tmp_path / member])
+    command = cli.go_on_command(stopped, levels=levels)
+  finally:
+    flags.FLAGS.unparse_flags()
+  assert command == (f'python launch.py --steps=9 --workdir={tmp_path / expected}'
+                     + (' --resume' if not levels else ''))

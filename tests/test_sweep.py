@@ -11,6 +11,7 @@ from fundamentals import report
 from fundamentals import rundir
 from fundamentals import runner
 from fundamentals import sweep
+from fundamentals import train
 from fundamentals.config import Config
 
 BASE = Config(dataset='synthetic_fruits/small', hidden=(8,), steps=5, batch_size=20)
@@ -293,3 +294,19 @@ def test_members_run_in_their_own_taken_directory_and_files_are_checked_first(tm
                      r'of --workdir=.*, is a file'):
     sweep.check_manifest(tmp_path / 'b', sweep.manifest(BASE, members, axes=axes),
                          overwrite=True)
+
+
+def test_a_signal_during_a_member_starts_no_other(tmp_path, monkeypatch):
+  axes = sweep.parse_axes({'seed': ['0', '1', '2']})
+  calls = []
+  record = fake_member(calls)
+
+  def run_member(member, **kwargs):  # SIGTERM while the first member runs.
+    record(member, **kwargs)
+    rundir.release(member.config.workdir)
+    monkeypatch.setattr(train, 'stop_requested', lambda: 'SIGTERM')
+
+  with pytest.raises(train.Stopped, match='interrupted by SIGTERM before .*seed-1 started'):
+    run_sweep(BASE, axes, workdir=tmp_path, run_member=run_member, echo=print)
+  assert [c.seed for c in calls] == [0]
+  assert not (tmp_path / 'seed-1').exists()
