@@ -4,7 +4,6 @@ checkpoint damaged, and --resume must fall back to step 4 with a warning naming 
 wrong, then end with the numbers of a run never interrupted."""
 
 import contextlib
-import dataclasses
 import errno
 import json
 import logging as py_logging
@@ -19,7 +18,7 @@ import pytest
 
 from conftest import SMALL
 from test_launch import launch_here
-from test_train import Interrupted, interrupt_at
+from test_train import Interrupted, copy_of, interrupt_at, stopped_run
 from fundamentals import checkpoints
 from fundamentals import rundir
 from fundamentals import train
@@ -56,16 +55,8 @@ def interrupted(tmp_path_factory, data_dir, small_dataset) -> Config:
   """A run stopped at step 10, as by kill -9: checkpoints at steps 4 and 8
   (keep_checkpoints=2)."""
   workdir = tmp_path_factory.mktemp('interrupted') / 'run'
-  config = Config(workdir=str(workdir), data_dir=data_dir, **FLAGS)
-  with pytest.raises(Interrupted):
-    train.fit(config, dataset=small_dataset, echo=interrupt_at(10))
-  rundir.release(workdir)  # As its end does (a killed process's lock went with it).
-  return config
-
-
-def copy_of(config: Config, where: pathlib.Path) -> Config:
-  shutil.copytree(config.workdir, where)
-  return dataclasses.replace(config, workdir=str(where))
+  return stopped_run(Config(workdir=str(workdir), data_dir=data_dir, **FLAGS),
+                     small_dataset, at=10)
 
 
 def names(workdir: str) -> list[str]:
@@ -159,7 +150,6 @@ def test_a_save_killed_midway_leaves_temporaries_the_next_save_removes(
   (root / '8.json').rename(root / '.8.json.0123456789ab.tmp')
   with caplog.at_level(py_logging.WARNING), pytest.raises(Interrupted):
     resume(config, small_dataset, echo=interrupt_at(10))
-  rundir.release(config.workdir)
   assert not caplog.records  # A save that never finished is no damaged checkpoint.
   assert names(config.workdir) == ['4', '4.json', '8', '8.json']
   assert checkpoints.verify(config.workdir, 8) == ''

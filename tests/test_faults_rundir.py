@@ -17,7 +17,7 @@ import pytest
 from conftest import REPO, SMALL
 from test_launch import launch_here
 from test_sweep import BASE, fake_member, run_sweep
-from test_train import Interrupted, interrupt_at
+from test_train import copy_of, stopped_run
 from experiments import train as train_experiment
 from fundamentals import rundir
 from fundamentals import runner
@@ -36,16 +36,8 @@ QUIET = lambda line: None
 def interrupted(tmp_path_factory, data_dir, small_dataset) -> Config:
   """A run stopped after its checkpoint at step 4, as by kill -9: --resume goes on."""
   workdir = tmp_path_factory.mktemp('interrupted') / 'run'
-  config = Config(workdir=str(workdir), data_dir=data_dir, **FLAGS)
-  with pytest.raises(Interrupted):
-    train.fit(config, dataset=small_dataset, echo=interrupt_at(6))
-  rundir.release(workdir)  # As its end does (a killed process's lock went with it).
-  return config
-
-
-def copy_of(config: Config, where: pathlib.Path) -> Config:
-  shutil.copytree(config.workdir, where)
-  return dataclasses.replace(config, workdir=str(where))
+  return stopped_run(Config(workdir=str(workdir), data_dir=data_dir, **FLAGS),
+                     small_dataset, at=6)
 
 
 def contents(root: pathlib.Path) -> dict[str, bytes | None]:
@@ -92,7 +84,6 @@ def test_a_second_writer_is_refused_naming_the_holder_until_it_ends(
     assert contents(workdir) == before  # metrics.jsonl not cut back, nothing added.
   resumed = train.fit(config, dataset=small_dataset, resume=True, echo=QUIET).summary
   assert resumed['status'] == 'completed' and resumed['resumed_from_step'] == 4
-  rundir.release(workdir)
 
 
 RACER = '''import pathlib, sys, time
@@ -222,7 +213,6 @@ def test_a_damaged_metrics_line_is_named_and_the_file_kept(interrupted, tmp_path
                      r'restore the file from a copy, or start the run afresh'):
     train.fit(config, dataset=small_dataset, resume=True, echo=QUIET)
   assert metrics.read_bytes() == damaged
-  rundir.release(config.workdir)
 
 
 @pytest.mark.parametrize('damage', [

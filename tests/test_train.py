@@ -2,6 +2,8 @@ import dataclasses
 import json
 import math
 import os
+import pathlib
+import shutil
 import signal
 import threading
 
@@ -336,6 +338,20 @@ def interrupt_at(step: int):
     if words[:1] == ['step'] and words[1].startswith(f'{step}/'):
       raise Interrupted
   return echo
+
+
+def stopped_run(config: Config, dataset, *, at: int) -> Config:
+  """``config``'s run stopped at step ``at`` as by kill -9 (:func:`interrupt_at`), its
+  checkpoints left for ``--resume``; returns ``config``."""
+  with pytest.raises(Interrupted):
+    train.fit(config, dataset=dataset, echo=interrupt_at(at))
+  return config
+
+
+def copy_of(config: Config, where: pathlib.Path) -> Config:
+  """A copy of ``config``'s run directory at ``where``, and its config there."""
+  shutil.copytree(config.workdir, where)
+  return dataclasses.replace(config, workdir=str(where))
 
 
 @pytest.mark.parametrize('num_runs', [1, 3])
